@@ -1,0 +1,1 @@
+"""Lightning callbacks that hook the loop (guards, seeding, plots)."""

@@ -1,0 +1,1 @@
+"""Datasets: one module per format (reader + LightningDataModule); ``synth/`` writes synthetic copies."""

@@ -1,0 +1,226 @@
+"""PTB-XL (Wagner et al., Sci Data 2020): metadata, label aggregation, folds, and the datamodule.
+
+Reads a real PTB-XL 1.0.x directory unchanged (``ptbxl_database.csv``, ``scp_statements.csv``,
+``records100/`` or ``records500/``), and the synthetic copies ``bioexp.data.synth`` writes.
+Labels are aggregated from ``scp_statements.csv`` exactly as the PTB-XL benchmark does
+(``compute_label_aggregations`` / ``select_data``): every SCP code of a record counts whatever
+its likelihood, records without a label of the chosen set are dropped, and classes are sorted.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
+from bioexp.data.datasets import CachedSignalDataset
+from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
+from bioexp.errors import BioexpError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
+RECORD_SECONDS = 10
+NORMALIZATIONS = ("record", "train", "none")
+DOWNLOAD_HINT = (
+    "download PTB-XL (3 GB) with `aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/ {root}` "
+    "(or from https://physionet.org/content/ptb-xl/1.0.3/), or use the synthetic copy: `data=ptbxl_synth`, "
+    "or write one with `python -m bioexp.data.synth ptbxl --out {root}`")
+
+
+def load_database(root: str | Path) -> pd.DataFrame:
+    """``ptbxl_database.csv`` indexed by ``ecg_id`` with ``scp_codes`` parsed into dicts."""
+    path = Path(root) / "ptbxl_database.csv"
+    if not path.is_file():
+        raise DataNotFoundError(f"PTB-XL not found: {path} is missing; " + DOWNLOAD_HINT.format(root=root))
+    db = pd.read_csv(path, index_col="ecg_id")
+    db["scp_codes"] = db["scp_codes"].apply(ast.literal_eval)
+    return db
+
+
+def load_statements(root: str | Path) -> pd.DataFrame:
+    path = Path(root) / "scp_statements.csv"
+    if not path.is_file():
+        raise DataNotFoundError(f"PTB-XL is incomplete: {path} is missing; " + DOWNLOAD_HINT.format(root=root))
+    return pd.read_csv(path, index_col=0)
+
+
+def aggregate_labels(scp_codes: pd.Series, statements: pd.DataFrame, label_set: str) -> pd.Series:
+    """Each record's list of labels of ``label_set`` (sorted, unique), as the PTB-XL benchmark."""
+    if label_set not in LABEL_SETS:
+        raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
+    if label_set == "all":
+        return scp_codes.apply(lambda codes: sorted(set(codes)))
+    column = "diagnostic" if label_set.endswith("diagnostic") else label_set
+    table = statements[statements[column] == 1.0]
+    mapping = {"diagnostic": table.index.to_series(), "subdiagnostic": table["diagnostic_subclass"],
+               "superdiagnostic": table["diagnostic_class"]}.get(label_set, table.index.to_series())
+    mapping = mapping.dropna().to_dict()
+    return scp_codes.apply(lambda codes: sorted({mapping[c] for c in codes if c in mapping}))
+
+
+def select_labels(labels: pd.Series, min_samples: int = 0) -> tuple[pd.Series, list[str], np.ndarray]:
+    """Drop labels seen ``<= min_samples`` times, then records left without a label.
+
+    Returns the kept records' label lists, the sorted class names and the multi-hot matrix.
+    """
+    counts = pd.Series([c for cs in labels for c in cs], dtype=object).value_counts()
+    frequent = set(counts[counts > min_samples].index)
+    labels = labels.apply(lambda cs: [c for c in cs if c in frequent])
+    labels = labels[labels.apply(len) > 0]
+    classes = sorted(frequent)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for row, cs in enumerate(labels):
+        y[row, [index[c] for c in cs]] = 1.0
+    return labels, classes, y
+
+
+def _read_record(root: str, fs: int, filename: str) -> np.ndarray:
+    signal, record_fs = read_leads(Path(root) / filename)
+    if record_fs != fs:
+        raise ValueError(f"{filename}: sampled at {record_fs} Hz, expected {fs} Hz")
+    return signal
+
+
+class PTBXLDataModule(L.LightningDataModule):
+    """PTB-XL with the recommended split (folds 1-8 train, 9 val, 10 test) and a decode-once cache.
+
+    ``synthesize`` (e.g. ``{records: 2000, seed: 0}``) writes a synthetic PTB-XL at ``root`` when
+    it is absent, so a first run needs no download. ``crop_seconds`` trains on random windows (the
+    benchmark uses 2.5 s); validation and test always see the whole 10 s record.
+    """
+
+    def __init__(self, root: str, label_set: str = "superdiagnostic", sampling_rate: int = 100,
+                 normalize: str = "record", crop_seconds: float | None = None, batch_size: int = 64,
+                 num_workers: int = 0, pin_memory: bool = False, train_folds: tuple[int, ...] = tuple(range(1, 9)),
+                 val_folds: tuple[int, ...] = (9,), test_folds: tuple[int, ...] = (10,), min_samples: int = 0,
+                 max_missing_frac: float = 0.01, cache_dir: str | None = None, decode_workers: int = 2,
+                 synthesize: dict | None = None) -> None:
+        super().__init__()
+        if label_set not in LABEL_SETS:
+            raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
+        if sampling_rate not in (100, 500):
+            raise BioexpError(f"data.sampling_rate must be 100 or 500 (PTB-XL's two versions), got {sampling_rate}")
+        if normalize not in NORMALIZATIONS:
+            raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".bioexp_cache"
+        self._db: pd.DataFrame | None = None
+        self._meta: tuple[pd.DataFrame, list[str], np.ndarray] | None = None
+        self._cache: ArrayCache | None = None
+
+    # -- metadata (cheap: no signals) ------------------------------------------------------------
+    def _ensure_root(self) -> None:
+        if (self.root / "ptbxl_database.csv").is_file() or not self.hparams.synthesize:
+            return
+        from bioexp.data.synth import generate_ptbxl
+
+        log.info("No PTB-XL at %s: writing a synthetic one (%s)", self.root, self.hparams.synthesize)
+        generate_ptbxl(self.root, **self.hparams.synthesize)
+
+    def _database(self) -> pd.DataFrame:
+        if self._db is None:
+            self._ensure_root()
+            self._db = load_database(self.root)
+        return self._db
+
+    def metadata(self) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+        """Kept records (database rows), class names and multi-hot targets."""
+        if self._meta is None:
+            db = self._database()
+            labels = aggregate_labels(db["scp_codes"], load_statements(self.root), self.hparams.label_set)
+            labels, classes, y = select_labels(labels, self.hparams.min_samples)
+            if not classes:
+                raise BioexpError(f"no record in {self.root} has a {self.hparams.label_set!r} label")
+            self._meta = (db.loc[labels.index], classes, y)
+        return self._meta
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata()[1]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """What a model must know about this data: filled into ``???`` keys of the model config."""
+        return {"num_classes": len(self.classes), "in_channels": len(STANDARD_LEADS)}
+
+    # -- signals ---------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._signals_cache()
+
+    def _signals_cache(self) -> ArrayCache:
+        """Decode every record of the database once; unreadable ones are skipped and counted."""
+        if self._cache is not None:
+            return self._cache
+        db = self._database()
+        fs = self.hparams.sampling_rate
+        files = db["filename_lr" if fs == 100 else "filename_hr"].tolist()
+        fingerprint = file_fingerprint([self.root / "ptbxl_database.csv",
+                                        *(self.root / f"{f}.dat" for f in files)])
+        cache = cached_stack(self.cache_dir, f"ptbxl-{fs}hz", files, (len(STANDARD_LEADS), RECORD_SECONDS * fs),
+                             partial(_read_record, str(self.root), fs), fingerprint, self.hparams.decode_workers)
+        if cache.errors:
+            frac = len(cache.errors) / len(files)
+            first = "; ".join(list(cache.errors.values())[:3])
+            if frac > self.hparams.max_missing_frac:
+                raise BioexpError(
+                    f"{len(cache.errors)} of {len(files)} PTB-XL records are missing or unreadable ({first}); "
+                    f"re-download them ({DOWNLOAD_HINT.format(root=self.root).split(', or')[0]}) "
+                    f"or raise data.max_missing_frac (now {self.hparams.max_missing_frac})")
+            log.warning("PTB-XL: skipping %d of %d records that are missing or unreadable (%s)",
+                        len(cache.errors), len(files), first)
+        self._cache = cache
+        return cache
+
+    def split_rows(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Cache rows and targets of a split (``train``/``val``/``test``), unreadable records left out."""
+        db_kept, _, y = self.metadata()
+        cache = self._signals_cache()
+        rows = self._database().index.get_indexer(db_kept.index)  # cache rows follow the database order
+        folds = getattr(self.hparams, f"{stage}_folds")
+        mask = db_kept["strat_fold"].isin(list(folds)).to_numpy() & cache.valid[rows]
+        return rows[mask], y[mask]
+
+    def setup(self, stage: str | None = None) -> None:
+        cache = self._signals_cache()
+        hp = self.hparams
+        mean = std = None
+        if hp.normalize == "train":
+            mean, std = self._train_stats(cache)
+        crop = None if hp.crop_seconds is None else round(hp.crop_seconds * hp.sampling_rate)
+        self.datasets = {}
+        for split in ("train", "val", "test"):
+            rows, y = self.split_rows(split)
+            self.datasets[split] = CachedSignalDataset(cache.path, rows, y, crop if split == "train" else None,
+                                                       hp.normalize, mean, std)
+
+    def _train_stats(self, cache: ArrayCache, max_records: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+        """Per-lead mean/std over (an evenly spaced subset of) the training records."""
+        rows, _ = self.split_rows("train")
+        rows = rows[np.linspace(0, len(rows) - 1, min(max_records, len(rows))).astype(int)]
+        x = cache.open()[np.sort(rows)]
+        return x.mean(axis=(0, 2))[:, None].astype(np.float32), x.std(axis=(0, 2))[:, None].astype(np.float32) + 1e-6
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=shuffle,
+                          num_workers=hp.num_workers, pin_memory=hp.pin_memory,
+                          persistent_workers=hp.num_workers > 0, drop_last=shuffle and len(self.datasets[split]) > hp.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,1 @@
+"""Pure torch networks: no Lightning, Hydra or dataset imports."""

@@ -1,0 +1,1 @@
+"""LightningModules: objectives, metrics, optimisers. Tasks never read files."""

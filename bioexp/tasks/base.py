@@ -1,0 +1,56 @@
+"""What every task shares: optimiser/scheduler from config, and self-describing checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+
+
+def build(config: dict[str, Any], **kwargs: Any) -> Any:
+    """Instantiate a plain ``{_target_: ..., **kwargs}`` dict (nets, optimisers, schedulers)."""
+    return instantiate(config, _convert_="all", **kwargs)
+
+
+class Task(L.LightningModule):
+    """Base LightningModule: holds nets built from plain config dicts, never live objects.
+
+    Keeping only primitive containers in ``hparams`` is what lets ``Task.load_from_checkpoint``
+    rebuild the model with ``weights_only=True`` and without the Hydra config that trained it.
+    ``scheduler`` may say ``total_steps: auto`` (filled from the trainer) and ``interval``
+    (``epoch`` or ``step``).
+    """
+
+    def __init__(self, optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.optimizer_config = optimizer
+        self.scheduler_config = scheduler
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build(self.optimizer_config, params=[p for p in self.parameters() if p.requires_grad])
+        if not self.scheduler_config:
+            return optimizer
+        config = dict(self.scheduler_config)
+        interval = config.pop("interval", "epoch")
+        if config.get("total_steps") == "auto":
+            config["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = build(config, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which classes to rebuild, so ``bioexp.evaluate`` needs only the checkpoint."""
+        cls = type(self)
+        provenance = {"task": f"{cls.__module__}.{cls.__qualname__}"}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            dm_cls = type(datamodule)
+            provenance["datamodule"] = f"{dm_cls.__module__}.{dm_cls.__qualname__}"
+        checkpoint["bioexp"] = provenance
+
+
+def task_class(path: str) -> type[Task]:
+    cls = get_class(path)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"{path} is not a bioexp Task")
+    return cls

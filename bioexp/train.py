@@ -1,0 +1,86 @@
+"""``python -m bioexp.train``: compose the config, build data + task + trainer, fit, test, report.
+
+Heavy imports (torch, Lightning) happen inside :func:`train`, so ``--help``, ``--cfg job`` and
+config errors answer in about a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import bioexp.utils.resolvers  # noqa: F401  (registers ${wandb_offline:})
+from bioexp.utils.run import report_user_errors
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
+    """Run one experiment; returns ``metrics.json``'s content and the optimised metric's value."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from bioexp.utils import run
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()  # before the model: data-derived dims (num_classes, ...) fill the model config
+    run.fill_dims(cfg.model, datamodule.dims)
+    OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
+    if cfg.get("print_config"):
+        run.print_config(cfg, out)
+
+    model = run.build_task(cfg.model)
+    loggers = run.instantiate_group(cfg.get("logger"))
+    callbacks = run.instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(run.scalar_metrics(trainer.callback_metrics))
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path")))
+        metrics.update(run.scalar_metrics(trainer.callback_metrics))
+
+    name = cfg.get("optimized_metric")
+    value = metrics.get(name) if name else None
+    if (name and checkpoint is not None and checkpoint.monitor == name and checkpoint.best_model_score is not None):
+        value = float(checkpoint.best_model_score)  # the best epoch, not merely the last one
+    summary = {"metrics": metrics, "optimized_metric": {"name": name, "value": value},
+               "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+               "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    if trainer.is_global_zero:
+        run.write_json(out / "metrics.json", summary)
+        run.log.info("Run dir: %s (%s = %s)", out, name, value)
+    return summary, value
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    from bioexp.utils.run import checked_objective, finish_wandb
+
+    try:
+        _, value = train(cfg)
+    finally:
+        finish_wandb()
+    return checked_objective(value, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runner plumbing shared by the entry points."""

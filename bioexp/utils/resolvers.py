@@ -1,0 +1,27 @@
+"""OmegaConf resolvers the configs use; importing this module registers them (cheap: no torch)."""
+
+from __future__ import annotations
+
+import netrc
+import os
+
+from omegaconf import OmegaConf
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user configured a key (env, ``wandb login``) or asked for online."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("online", "run"):
+        return False
+    if mode in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return True
+
+
+if not OmegaConf.has_resolver("wandb_offline"):
+    OmegaConf.register_new_resolver("wandb_offline", wandb_offline)

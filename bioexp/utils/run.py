@@ -1,0 +1,137 @@
+"""Runner plumbing shared by ``bioexp.train`` and ``bioexp.evaluate``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bioexp.errors import BioexpError
+
+log = logging.getLogger("bioexp")
+T = TypeVar("T")
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate each ``{_target_: ...}`` entry of a config group (callbacks, loggers); null ones are off."""
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(c, _convert_="all") for c in group.values() if c is not None and "_target_" in c]
+
+
+def fill_dims(model_cfg: DictConfig, dims: Mapping[str, Any]) -> None:
+    """Fill the model config's ``???`` keys that the data knows (``num_classes``, ``in_channels``, ...)."""
+    with open_dict(model_cfg):
+        for key, value in dims.items():
+            if key in model_cfg and OmegaConf.is_missing(model_cfg, key):
+                model_cfg[key] = value
+    missing = [k for k in model_cfg if OmegaConf.is_missing(model_cfg, k)]
+    if missing:
+        raise BioexpError(f"model config needs {missing} but the data does not provide them; set model.<key>=...")
+
+
+def build_task(model_cfg: DictConfig) -> Any:
+    """The task gets its sub-configs (net, optimizer, ...) as plain dicts and builds them itself."""
+    from hydra.utils import get_class
+
+    config = OmegaConf.to_container(model_cfg, resolve=True)
+    target = get_class(config.pop("_target_"))
+    return target(**config)
+
+
+def print_config(cfg: DictConfig, save_dir: str | Path | None = None) -> None:
+    """Print the resolved config as a tree (rich) and save it as ``config_tree.log`` in the run dir."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    for key, value in cfg.items():
+        body = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key), style="bold").add(rich.syntax.Syntax(body, "yaml"))
+    rich.print(tree)
+    if save_dir is not None:
+        with open(Path(save_dir) / "config_tree.log", "w") as f:
+            rich.print(tree, file=f)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def checked_objective(value: float | None, name: str | None) -> float | None:
+    """The value returned to a sweeper: never NaN/inf (it would crash the Optuna sweep)."""
+    from bioexp.errors import NonFiniteError
+
+    if name is None:
+        return None
+    if value is None:
+        raise BioexpError(f"optimized_metric {name!r} was never logged; check its name (e.g. val/loss)")
+    if not math.isfinite(value):
+        raise NonFiniteError(f"optimized_metric {name} is {value}; this trial counts as failed")
+    return value
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _user_error(exc: BaseException) -> BioexpError | None:
+    """The user-facing error behind ``exc`` (Hydra wraps errors raised in constructors)."""
+    from hydra.errors import InstantiationException
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, BioexpError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, InstantiationException):
+        return BioexpError(" ".join(str(exc).split()))
+    return None
+
+
+def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Entry-point wrapper: a user error becomes one line on stderr and exit code 1.
+
+    In a multirun the error is re-raised instead, so the sweeper records a failed trial and
+    goes on (a ``SystemExit`` would end the whole sweep). Bugs keep their traceback.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            user = _user_error(exc)
+            if user is None:
+                raise
+            log.error("%s", user)
+            if _is_multirun():
+                raise user from None
+            print(f"bioexp: error: {user}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def finish_wandb() -> None:
+    """End the W&B run so the next multirun job gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

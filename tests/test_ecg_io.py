@@ -1,0 +1,73 @@
+"""WFDB reading, resampling and cropping, on real PhysioNet records."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import wfdb
+
+from bioexp.data.ecg_io import STANDARD_LEADS, RecordError, crop_windows, read_leads, resample
+from tests.conftest import shared_data
+
+
+def test_reads_the_12_standard_leads_of_a_real_ptb_record() -> None:
+    x, fs = read_leads(shared_data("wfdb", "s0010_re"))
+    assert fs == 1000.0 and x.shape == (12, 38400) and x.dtype == np.float32
+    # Header: gain 2000 adu/mV, first samples -489 (i), -458 (ii), 31 (iii) ... -> physical mV.
+    np.testing.assert_allclose(x[:3, 0], [-489 / 2000, -458 / 2000, 31 / 2000], atol=1e-6)
+    # The Frank leads vx vy vz live in a second file and are not part of the 12 standard leads.
+    reference = wfdb.rdrecord(str(shared_data("wfdb", "s0010_re")), channel_names=["v6"]).p_signal[:, 0]
+    np.testing.assert_allclose(x[STANDARD_LEADS.index("V6")], reference, atol=1e-6)
+
+
+def test_resample_real_record_to_100hz_and_crop_10s_windows() -> None:
+    x, fs = read_leads(shared_data("wfdb", "s0010_re"))
+    y = resample(x, fs, 100)
+    assert y.shape == (12, 3840)
+    windows = crop_windows(y, 1000)
+    assert windows.shape == (3, 12, 1000)
+    np.testing.assert_array_equal(windows[1], y[:, 1000:2000])
+    # Anti-aliased: the 100 Hz signal follows a 10-sample moving average of the 1000 Hz one.
+    smooth = x[1, : 3840 * 10].reshape(-1, 10).mean(axis=1)
+    assert np.corrcoef(y[1], smooth)[0, 1] > 0.99
+
+
+def test_resample_keeps_passband_and_removes_aliases() -> None:
+    t = np.arange(5000) / 500
+    slow, fast = np.sin(2 * np.pi * 5 * t), np.sin(2 * np.pi * 70 * t)  # 70 Hz would alias to 30 Hz at 100 Hz
+    y = resample(np.stack([slow, fast]).astype(np.float32), 500, 100)
+    assert y.shape == (2, 1000)
+    assert np.abs(y[0, 100:-100]).max() == pytest.approx(1.0, abs=0.02)
+    assert np.abs(y[1, 100:-100]).max() < 0.05
+
+
+def test_invalid_samples_are_errors_unless_gaps_are_filled() -> None:
+    record = shared_data("wfdb", "v102s")  # real ICU recording: WFDB marks 3 samples of lead II invalid
+    with pytest.raises(RecordError, match="invalid"):
+        read_leads(record, leads=("II", "V"))
+    x, _ = read_leads(record, leads=("ii", "v"), fill_gaps=True)  # lead names match case-insensitively
+    assert x.shape == (2, 75000) and np.isfinite(x).all()
+    raw = wfdb.rdrecord(str(record), channel_names=["II"]).p_signal[:, 0]
+    assert np.isnan(raw[5591]) and x[0, 5591] == pytest.approx((raw[5590] + raw[5592]) / 2, abs=1e-6)
+
+
+def test_missing_leads_are_named() -> None:
+    with pytest.raises(RecordError, match=r"leads \['AVR'\] not in record"):
+        read_leads(shared_data("wfdb", "v102s"), leads=("II", "AVR"))
+
+
+def test_missing_and_truncated_records_are_record_errors(tmp_path) -> None:
+    with pytest.raises(RecordError, match="header missing"):
+        read_leads(tmp_path / "nope")
+    for f in shared_data("wfdb").glob("s0010_re.*"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "s0010_re.dat").chmod(0o644)
+    with open(tmp_path / "s0010_re.dat", "r+b") as f:
+        f.truncate(300_000)
+    with pytest.raises(RecordError, match="truncated"):
+        read_leads(tmp_path / "s0010_re")
+    (tmp_path / "s0010_re.dat").unlink()
+    with pytest.raises(RecordError, match="signal file missing"):
+        read_leads(tmp_path / "s0010_re")
