@@ -34,12 +34,12 @@ def test_builds_once_then_reuses(tmp_path: Path) -> None:
         calls.append(item)
         return _read(item)
 
-    cache = cached_stack(tmp_path / "c", "demo", items, (2, 3), read, file_fingerprint(map(Path, items)))
+    cache = cached_stack(tmp_path / "c", "demo", items, (2, 3), read, file_fingerprint(list(map(Path, items))))
     arr = cache.open()
     assert arr.shape == (5, 2, 3) and isinstance(arr, np.memmap)
     np.testing.assert_array_equal(arr[:, 0, 0], np.arange(5))
     assert len(calls) == 5 and cache.valid.all() and not cache.errors
-    again = cached_stack(tmp_path / "c", "demo", items, (2, 3), read, file_fingerprint(map(Path, items)))
+    again = cached_stack(tmp_path / "c", "demo", items, (2, 3), read, file_fingerprint(list(map(Path, items))))
     assert len(calls) == 5 and again.path == cache.path
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.datasets import CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
+from bioexp.data.sampling import EpochSampler
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,8 @@ class PTBXLDataModule(L.LightningDataModule):
 
     ``synthesize`` (e.g. ``{records: 2000, seed: 0}``) writes a synthetic PTB-XL at ``root`` when
     it is absent, so a first run needs no download. ``crop_seconds`` trains on random windows (the
-    benchmark uses 2.5 s); validation and test always see the whole 10 s record.
+    benchmark uses 2.5 s); validation and test always see the whole 10 s record. Training order
+    and crops depend only on ``seed`` and the epoch (see :mod:`bioexp.data.sampling`).
     """
 
     def __init__(self, root: str, label_set: str = "superdiagnostic", sampling_rate: int = 100,
@@ -103,7 +106,7 @@ class PTBXLDataModule(L.LightningDataModule):
                  num_workers: int = 0, pin_memory: bool = False, train_folds: tuple[int, ...] = tuple(range(1, 9)),
                  val_folds: tuple[int, ...] = (9,), test_folds: tuple[int, ...] = (10,), min_samples: int = 0,
                  max_missing_frac: float = 0.01, cache_dir: str | None = None, decode_workers: int = 2,
-                 synthesize: dict | None = None) -> None:
+                 synthesize: dict | None = None, seed: int = 0) -> None:
         super().__init__()
         if label_set not in LABEL_SETS:
             raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
@@ -212,9 +215,17 @@ class PTBXLDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=shuffle,
-                          num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-                          persistent_workers=hp.num_workers > 0, drop_last=shuffle and len(self.datasets[split]) > hp.batch_size)
+        dataset = self.datasets[split]
+        sampler = None
+        if shuffle:  # epoch from the trainer: a resumed fit starts at its own epoch, not at 0
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            sampler = EpochSampler(len(dataset), seed=hp.seed, epoch=epoch)
+        # Own generator: creating an iterator draws a worker base seed, which must not shift the
+        # global RNG stream that dropout uses (it would, differently, in a resumed run).
+        return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+                          pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
+                          drop_last=shuffle and len(dataset) > hp.batch_size,
+                          generator=torch.Generator().manual_seed(hp.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -32,9 +32,9 @@ def fill_dims(model_cfg: DictConfig, dims: Mapping[str, Any]) -> None:
     """Fill the model config's ``???`` keys that the data knows (``num_classes``, ``in_channels``, ...)."""
     with open_dict(model_cfg):
         for key, value in dims.items():
-            if key in model_cfg and OmegaConf.is_missing(model_cfg, key):
+            if key in model_cfg.keys() and OmegaConf.is_missing(model_cfg, key):  # `in` skips ??? keys
                 model_cfg[key] = value
-    missing = [k for k in model_cfg if OmegaConf.is_missing(model_cfg, k)]
+    missing = [k for k in model_cfg.keys() if OmegaConf.is_missing(model_cfg, k)]
     if missing:
         raise BioexpError(f"model config needs {missing} but the data does not provide them; set model.<key>=...")
 

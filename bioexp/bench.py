@@ -1,0 +1,146 @@
+"""``make bench``: speed targets as ratios measured in one run (never asserted in tests).
+
+1. bioexp's time per training step vs a plain PyTorch loop on the same model and batches (<= 1.05)
+2. cached PTB-XL loading vs per-record WFDB decoding (>= 20x)
+3. wall time of ``python -m bioexp.train --cfg job`` (< 2 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _batches(n: int, batch_size: int, length: int, classes: int = 5) -> list[tuple]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, 12, length, generator=g),
+             (torch.rand(batch_size, classes, generator=g) > 0.7).float()) for _ in range(n)]
+
+
+NET = {"_target_": "bioexp.nets.xresnet1d.XResNet1d", "arch": "xresnet1d50", "num_classes": 5}
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
+
+
+def plain_step_time(batches: list[tuple], warmup: int) -> float:
+    """Seconds per step of a hand-written loop: forward, BCE, backward, AdamW step."""
+    import torch
+
+    from bioexp.tasks.base import build
+
+    torch.manual_seed(0)
+    net = build(NET).train()
+    opt = build(OPTIMIZER, params=net.parameters())
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()  # the same host sync Lightning's logging does
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def bioexp_step_time(batches: list[tuple], warmup: int) -> float:
+    """Seconds per step through bioexp's task, default callbacks and Lightning's loop."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bioexp.callbacks.guards import FiniteLossGuard
+    from bioexp.callbacks.seeding import EpochSeed
+    from bioexp.tasks.classifier import MultiLabelClassifier
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == warmup:
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.per_step = (time.perf_counter() - self.start) / (len(batches) - warmup)
+
+    torch.manual_seed(0)
+    task = MultiLabelClassifier(net=NET, num_classes=5, optimizer=OPTIMIZER)
+    clock = StepClock()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[FiniteLossGuard(), EpochSeed(0), clock])
+    loader = DataLoader(batches, batch_size=None)  # the very same tensors, already batched
+    trainer.fit(task, train_dataloaders=loader)
+    return clock.per_step
+
+
+def loading_speedup(records: int) -> tuple[float, float]:
+    """Seconds to load ``records`` PTB-XL records per record with wfdb, and from the memmap cache."""
+    from bioexp.data.ecg_io import read_leads
+    from bioexp.data.ptbxl import PTBXLDataModule
+    from bioexp.data.synth import generate_ptbxl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_ptbxl(Path(tmp) / "ptbxl", records=records, seed=0)
+        dm = PTBXLDataModule(str(root), decode_workers=0)
+        dm.prepare_data()
+        files = dm._database()["filename_lr"].tolist()
+        start = time.perf_counter()
+        decoded = [read_leads(root / f)[0] for f in files]
+        wfdb_s = time.perf_counter() - start
+        dm.setup()
+        cache = dm._signals_cache().open()
+        start = time.perf_counter()
+        cached = [np.array(cache[i]) for i in range(len(files))]
+        cache_s = time.perf_counter() - start
+        assert np.allclose(decoded[-1], cached[-1])
+    return wfdb_s, cache_s
+
+
+def cfg_job_time(repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bioexp.train", "--cfg", "job"], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--records", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warmup = 5
+    batches = _batches(args.steps + warmup, args.batch_size, 250)
+    plain, ours = [], []
+    for _ in range(args.repeats):  # interleaved, so machine noise hits both sides alike
+        plain.append(plain_step_time(batches, warmup))
+        ours.append(bioexp_step_time(batches, warmup))
+    step_ratio = statistics.median(ours) / statistics.median(plain)
+    wfdb_s, cache_s = loading_speedup(args.records)
+    cfg_s = cfg_job_time()
+    rows = [
+        ("train step: bioexp / plain PyTorch (xresnet1d50, batch "
+         f"{args.batch_size}x12x250, CPU)", f"{step_ratio:.3f}", "<= 1.05", step_ratio <= 1.05,
+         f"{statistics.median(ours) * 1e3:.1f} ms vs {statistics.median(plain) * 1e3:.1f} ms"),
+        (f"PTB-XL loading: per-record wfdb / memmap cache ({args.records} records)", f"{wfdb_s / cache_s:.0f}x",
+         ">= 20x", wfdb_s / cache_s >= 20, f"{wfdb_s:.2f} s vs {cache_s:.3f} s"),
+        ("python -m bioexp.train --cfg job", f"{cfg_s:.2f} s", "< 2 s", cfg_s < 2.0, "median of 3"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'value':>8}  {'target':>8}  ok   detail")
+    for name, value, target, ok, detail in rows:
+        print(f"{name:<{width}}  {value:>8}  {target:>8}  {'yes' if ok else 'NO ':<3}  {detail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Epoch-seeded sampling: data randomness that depends on (seed, epoch) alone.
+
+Lightning builds the first iterator of a resumed fit before any epoch hook runs, so reseeding the
+global RNG cannot make a resumed run replay the uninterrupted one. This sampler instead derives the
+order and a per-item seed (for crops, augmentations) from ``(seed, epoch)``; the epoch comes from
+the trainer when the loader is built and from Lightning's ``set_epoch`` afterwards. Results are
+also independent of the number of dataloader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, item_seed)``; shuffles unless ``shuffle=False``."""
+
+    def __init__(self, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.epoch, self.shuffle = size, seed, epoch, shuffle
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        item_seeds = rng.integers(0, 2**62, self.size)
+        return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))

@@ -1,0 +1,113 @@
+"""The entry points as a user runs them: composition, clear one-line errors, Optuna sweeps."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bioexp.train import CONF_DIR
+from tests.conftest import TINY_NET, data_overrides, run_cli
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (Path(CONF_DIR) / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment: str) -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "model.num_classes=5",
+                                          "paths.root_dir=/x", "paths.output_dir=/x/out"])
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert resolved["task_name"] == experiment
+    assert resolved["callbacks"]["model_checkpoint"]["monitor"] == resolved["monitor"]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_overlay_composes(trainer: str) -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"trainer={trainer}", "paths.output_dir=/x/out"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    expected = {"amp16": "16-mixed", "bf16": "bf16-mixed"}.get(trainer, "32-true")
+    assert cfg.trainer.precision == expected
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    result = run_cli(["experiment=ptbxl_xresnet1d101", "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["net"]["arch"] == "xresnet1d101" and cfg["data"]["crop_seconds"] == 2.5
+
+
+def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
+    result = run_cli(["trainer=tpu"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Could not find 'trainer/tpu'" in result.stderr
+    assert all(f"\t{t}\n" in result.stderr for t in TRAINERS)
+    assert "Traceback" not in result.stderr
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bioexp: error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_missing_ptbxl_says_how_to_get_it(tmp_path: Path) -> None:
+    line = _one_line_error(run_cli(["data=ptbxl", f"data.root={tmp_path / 'nope'}"], cwd=tmp_path))
+    assert "ptbxl_database.csv is missing" in line
+    assert "aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/" in line and "data=ptbxl_synth" in line
+
+
+def test_unknown_label_set_lists_the_valid_ones(tmp_path: Path, synth_root: Path) -> None:
+    line = _one_line_error(run_cli([*data_overrides(synth_root, tmp_path / "c"), "data.label_set=bogus"], cwd=tmp_path))
+    assert "unknown data.label_set 'bogus'; choose one of all, diagnostic, subdiagnostic" in line
+
+
+def test_missing_records_are_skipped_and_counted_then_fail_beyond_the_limit(tmp_path: Path, synth_root: Path) -> None:
+    root = tmp_path / "ptbxl"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".bioexp_cache"))
+    dats = sorted(root.glob("records100/*/*.dat"))
+    dats[0].unlink()
+    with open(dats[1], "r+b") as f:
+        f.truncate(1000)
+    args = [*data_overrides(root, tmp_path / "c"), *TINY_NET, "debug=fdr", "trainer=cpu"]
+    ok = run_cli(args, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "skipping 2 of 240 records" in ok.stdout + ok.stderr
+    line = _one_line_error(run_cli([*args, "data.max_missing_frac=0.005"], cwd=tmp_path))
+    assert "2 of 240 PTB-XL records are missing or unreadable" in line and "data.max_missing_frac" in line
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Path, synth_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli([*data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "trainer.max_epochs=3",
+                      "model.optimizer.lr=1e30", "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
+    line = _one_line_error(result)
+    assert "training loss became nan" in line and "model.optimizer.lr" in line
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, synth_root: Path) -> None:
+    """4 grid trials: one good, one NaN (absurd lr), two raising (bad label set): the sweep completes."""
+    search = tmp_path / "conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "grid_fail.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - ptbxl_optuna\n\nhydra:\n  sweeper:\n    sampler:\n"
+        "      _target_: optuna.samplers.GridSampler\n      search_space: null\n    params:\n"
+        "      model.optimizer.lr: choice(0.003, 1e30)\n      data.label_set: choice(superdiagnostic, bogus)\n")
+    result = run_cli(["-m", "hparams_search=grid_fail", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                      *data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "debug=limit",
+                      "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_params"] == {"model.optimizer.lr": 0.003, "data.label_set": "superdiagnostic"}
+    assert 0.0 <= best["best_value"] <= 1.0
+    assert len(list((tmp_path / "sweep").glob("[0-9]*/metrics.json"))) == 1

@@ -1,0 +1,91 @@
+"""End to end through ``bioexp.train.train`` on a small synthetic PTB-XL, with tiny networks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bioexp.evaluate import evaluate
+from bioexp.tasks.classifier import MultiLabelClassifier
+from bioexp.train import train
+from tests.conftest import TINY_NET, compose_cfg, data_overrides
+
+
+def _run(tmp_path: Path, synth_root: Path, *overrides: str, name: str = "run") -> tuple[dict, Path]:
+    out = tmp_path / name
+    cfg = compose_cfg([*data_overrides(synth_root, tmp_path / "cache"), *TINY_NET, "callbacks.rich_progress_bar=null",
+                       *overrides], out)
+    summary, _ = train(cfg)
+    return summary, out
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "bf16", "ddp_sim"])
+def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Path, trainer: str) -> None:
+    summary, out = _run(tmp_path, synth_root, f"trainer={trainer}", "debug=fdr", "logger=csv")
+    assert summary["global_step"] == 1
+    assert {"test/loss", "test/auroc"} <= set(summary["metrics"])
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
+    assert (out / "resolved_config.yaml").is_file()
+
+
+def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: Path) -> None:
+    summary, out = _run(tmp_path, synth_root, "experiment=ptbxl_xresnet1d50", *TINY_NET, "trainer=cpu",
+                        "trainer.max_epochs=8", "data.batch_size=32", "model.optimizer.lr=3e-3")
+    metrics = summary["metrics"]
+    assert metrics["val/auroc"] > 0.75 and metrics["test/auroc"] > 0.75, metrics
+    assert summary["optimized_metric"]["name"] == "val/auroc"
+    assert summary["optimized_metric"]["value"] >= metrics["val/auroc"] - 1e-6  # best epoch, not last
+    history = pd.read_csv(out / "csv" / "metrics.csv")
+    train_loss = history["train/loss_epoch"].dropna().to_numpy()
+    assert train_loss[-1] < train_loss[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert (out / "plots" / "learning_curves.png").stat().st_size > 10_000
+    assert (out / "config_tree.log").is_file() or not OmegaConf.load(out / "resolved_config.yaml").print_config
+
+
+def test_resume_from_last_ckpt_continues_exactly(tmp_path: Path, synth_root: Path) -> None:
+    common = ["trainer=cpu", "callbacks.early_stopping=null", "model.optimizer.lr=3e-3", "data.crop_seconds=2.5"]
+    straight, _ = _run(tmp_path, synth_root, *common, "trainer.max_epochs=4", name="straight")
+    _, first = _run(tmp_path, synth_root, *common, "trainer.max_epochs=2", name="first")
+    resumed, second = _run(tmp_path, synth_root, *common, "trainer.max_epochs=4",
+                           f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", name="second")
+    assert resumed["global_step"] == straight["global_step"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert resumed["metrics"]["val/loss"] == straight["metrics"]["val/loss"]
+
+
+def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_path: Path, synth_root: Path) -> None:
+    summary, out = _run(tmp_path, synth_root, "trainer=cpu", "debug=limit", "monitor=val/auroc", "monitor_mode=max")
+    best = Path(summary["best_checkpoint"])
+    model = MultiLabelClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    assert model.hparams.num_classes == 5 and model.hparams.net["arch"] == "xresnet1d18"
+    cfg = compose_cfg([f"ckpt_path={best}", "logger=csv", "trainer=cpu", "trainer.limit_test_batches=2"],
+                      tmp_path / "eval", config_name="eval")
+    result = evaluate(cfg)
+    assert result["metrics"]["test/auroc"] == pytest.approx(summary["metrics"]["test/auroc"], abs=1e-6)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(best)
+
+
+def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth_root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, out = _run(tmp_path, synth_root, "trainer=cpu", "debug=limit", "logger=many", "tags=[smoke,wandb]")
+    from bioexp.utils.run import finish_wandb
+
+    finish_wandb()
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    config = OmegaConf.load(runs[0] / "files" / "config.yaml")
+    assert config["data"]["value"]["label_set"] == "superdiagnostic"
+    stream = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"val/loss" in stream and b"plots/learning_curves" in stream
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
