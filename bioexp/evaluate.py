@@ -42,6 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from bioexp.tasks.base import task_class
     from bioexp.utils import run
 
+    run.route_lightning_logs()
     if not cfg.get("ckpt_path"):
         raise BioexpError("ckpt_path is required: python -m bioexp.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt")
     meta = load_checkpoint_meta(cfg.ckpt_path)

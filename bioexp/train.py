@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
 
     from bioexp.utils import run
 
+    run.route_lightning_logs()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
@@ -54,7 +55,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path")))
+        # The best checkpoint when this run trained; otherwise the given checkpoint (or current weights).
+        test_ckpt = best or (None if cfg.get("train") else cfg.get("ckpt_path"))
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(run.scalar_metrics(trainer.callback_metrics))
 
     name = cfg.get("optimized_metric")
@@ -62,8 +65,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     if (name and checkpoint is not None and checkpoint.monitor == name and checkpoint.best_model_score is not None):
         value = float(checkpoint.best_model_score)  # the best epoch, not merely the last one
     summary = {"metrics": metrics, "optimized_metric": {"name": name, "value": value},
-               "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
-               "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+               "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None}
     if trainer.is_global_zero:
         run.write_json(out / "metrics.json", summary)
         run.log.info("Run dir: %s (%s = %s)", out, name, value)

@@ -32,10 +32,10 @@ def shared_data(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """240 synthetic PTB-XL records (100 Hz), written once per test session; treat as read-only."""
+    """400 synthetic PTB-XL records (100 Hz), written once per test session; treat as read-only."""
     from bioexp.data.synth import generate_ptbxl
 
-    return generate_ptbxl(tmp_path_factory.mktemp("synth") / "ptbxl", records=240, seed=0)
+    return generate_ptbxl(tmp_path_factory.mktemp("synth") / "ptbxl", records=400, seed=0)
 
 
 def data_overrides(root: Path, cache_dir: Path) -> list[str]:

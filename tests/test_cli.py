@@ -80,9 +80,9 @@ def test_missing_records_are_skipped_and_counted_then_fail_beyond_the_limit(tmp_
     args = [*data_overrides(root, tmp_path / "c"), *TINY_NET, "debug=fdr", "trainer=cpu"]
     ok = run_cli(args, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "skipping 2 of 240 records" in ok.stdout + ok.stderr
-    line = _one_line_error(run_cli([*args, "data.max_missing_frac=0.005"], cwd=tmp_path))
-    assert "2 of 240 PTB-XL records are missing or unreadable" in line and "data.max_missing_frac" in line
+    assert "skipping 2 of 400 records" in ok.stdout + ok.stderr
+    line = _one_line_error(run_cli([*args, "data.max_missing_frac=0.001"], cwd=tmp_path))
+    assert "2 of 400 PTB-XL records are missing or unreadable" in line and "data.max_missing_frac" in line
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Path, synth_root: Path) -> None:
@@ -99,10 +99,20 @@ def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, s
     """4 grid trials: one good, one NaN (absurd lr), two raising (bad label set): the sweep completes."""
     search = tmp_path / "conf" / "hparams_search"
     search.mkdir(parents=True)
-    (search / "grid_fail.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - ptbxl_optuna\n\nhydra:\n  sweeper:\n    sampler:\n"
-        "      _target_: optuna.samplers.GridSampler\n      search_space: null\n    params:\n"
-        "      model.optimizer.lr: choice(0.003, 1e30)\n      data.label_set: choice(superdiagnostic, bogus)\n")
+    (search / "grid_fail.yaml").write_text("""# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: grid
+optimized_metric: val/auroc
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    direction: maximize
+    max_failure_rate: 1.0
+    params:
+      model.optimizer.lr: choice(0.003, 1e30)
+      data.label_set: choice(superdiagnostic, bogus)
+""")
     result = run_cli(["-m", "hparams_search=grid_fail", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                       *data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "debug=limit",
                       "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)

@@ -27,15 +27,15 @@ def _run(tmp_path: Path, synth_root: Path, *overrides: str, name: str = "run") -
 @pytest.mark.parametrize("trainer", ["cpu", "bf16", "ddp_sim"])
 def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Path, trainer: str) -> None:
     summary, out = _run(tmp_path, synth_root, f"trainer={trainer}", "debug=fdr", "logger=csv")
-    assert summary["global_step"] == 1
-    assert {"test/loss", "test/auroc"} <= set(summary["metrics"])
+    assert {"train/loss_epoch", "val/loss", "test/loss", "test/auroc"} <= set(summary["metrics"])
+    assert all(v == v for v in summary["metrics"].values())  # no NaN
     assert json.loads((out / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
     assert (out / "resolved_config.yaml").is_file()
 
 
 def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: Path) -> None:
     summary, out = _run(tmp_path, synth_root, "experiment=ptbxl_xresnet1d50", *TINY_NET, "trainer=cpu",
-                        "trainer.max_epochs=8", "data.batch_size=32", "model.optimizer.lr=3e-3")
+                        "trainer.max_epochs=8", "data.batch_size=32")
     metrics = summary["metrics"]
     assert metrics["val/auroc"] > 0.75 and metrics["test/auroc"] > 0.75, metrics
     assert summary["optimized_metric"]["name"] == "val/auroc"
@@ -54,9 +54,10 @@ def test_resume_from_last_ckpt_continues_exactly(tmp_path: Path, synth_root: Pat
     _, first = _run(tmp_path, synth_root, *common, "trainer.max_epochs=2", name="first")
     resumed, second = _run(tmp_path, synth_root, *common, "trainer.max_epochs=4",
                            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", name="second")
-    assert resumed["global_step"] == straight["global_step"]
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    a_ckpt = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b_ckpt = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (b_ckpt["epoch"], b_ckpt["global_step"]) == (a_ckpt["epoch"], a_ckpt["global_step"])
+    a, b = a_ckpt["state_dict"], b_ckpt["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -68,7 +69,7 @@ def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_
     best = Path(summary["best_checkpoint"])
     model = MultiLabelClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
     assert model.hparams.num_classes == 5 and model.hparams.net["arch"] == "xresnet1d18"
-    cfg = compose_cfg([f"ckpt_path={best}", "logger=csv", "trainer=cpu", "trainer.limit_test_batches=2"],
+    cfg = compose_cfg([f"ckpt_path={best}", "logger=csv", "trainer=cpu", "+trainer.limit_test_batches=2"],
                       tmp_path / "eval", config_name="eval")
     result = evaluate(cfg)
     assert result["metrics"]["test/auroc"] == pytest.approx(summary["metrics"]["test/auroc"], abs=1e-6)
@@ -84,8 +85,10 @@ def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth
     finish_wandb()
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    config = OmegaConf.load(runs[0] / "files" / "config.yaml")
-    assert config["data"]["value"]["label_set"] == "superdiagnostic"
+    # wandb 0.31 keeps an offline run's config, history and media in its transaction log (what `wandb sync` uploads).
     stream = next(runs[0].glob("*.wandb")).read_bytes()
-    assert b"val/loss" in stream and b"plots/learning_curves" in stream
+    for expected in (b"label_set", b"superdiagnostic", b"xresnet1d18", b"val/loss", b"val/auroc", b"test/auroc",
+                     b"plots/learning_curves", b"smoke"):
+        assert expected in stream, expected
+    assert list((runs[0] / "files" / "media" / "images").glob("plots/learning_curves*.png"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))

@@ -19,6 +19,20 @@ log = logging.getLogger("bioexp")
 T = TypeVar("T")
 
 
+def route_lightning_logs() -> None:
+    """Drop Lightning's own console handlers: Hydra's handlers already print (and file) its records."""
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+    # Lightning 2.6 + torch 2.14 internal deprecation, not actionable by users.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate each ``{_target_: ...}`` entry of a config group (callbacks, loggers); null ones are off."""
     from hydra.utils import instantiate
@@ -32,9 +46,9 @@ def fill_dims(model_cfg: DictConfig, dims: Mapping[str, Any]) -> None:
     """Fill the model config's ``???`` keys that the data knows (``num_classes``, ``in_channels``, ...)."""
     with open_dict(model_cfg):
         for key, value in dims.items():
-            if key in model_cfg.keys() and OmegaConf.is_missing(model_cfg, key):  # `in` skips ??? keys
+            if key in model_cfg.keys() and OmegaConf.is_missing(model_cfg, key):  # noqa: SIM118 (`in` skips ???)
                 model_cfg[key] = value
-    missing = [k for k in model_cfg.keys() if OmegaConf.is_missing(model_cfg, k)]
+    missing = [k for k in model_cfg.keys() if OmegaConf.is_missing(model_cfg, k)]  # noqa: SIM118
     if missing:
         raise BioexpError(f"model config needs {missing} but the data does not provide them; set model.<key>=...")
 
