@@ -1,0 +1,104 @@
+"""PTBXLDataModule on synthetic PTB-XL: splits, normalisation, rates, crops, caching, synthesis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bioexp.data.ecg_io import read_leads
+from bioexp.data.ptbxl import PTBXLDataModule
+from bioexp.data.sampling import EpochSampler
+from bioexp.errors import BioexpError
+
+
+def _dm(root: Path, tmp_path: Path, **kwargs) -> PTBXLDataModule:
+    dm = PTBXLDataModule(str(root), cache_dir=str(tmp_path / "cache"), num_workers=0, decode_workers=0, **kwargs)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_path: Path) -> None:
+    dm = _dm(synth_root, tmp_path)
+    assert dm.dims == {"num_classes": 5, "in_channels": 12} and dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
+    db = pd.read_csv(synth_root / "ptbxl_database.csv", index_col="ecg_id")
+    patients = {}
+    for split, folds in (("train", range(1, 9)), ("val", [9]), ("test", [10])):
+        rows, y = dm.split_rows(split)
+        assert set(db.iloc[rows]["strat_fold"]) <= set(folds)
+        assert y.shape == (len(rows), 5) and (y.sum(axis=1) >= 1).all()
+        patients[split] = set(db.iloc[rows]["patient_id"])
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    assert sum(len(dm.datasets[s]) for s in ("train", "val", "test")) == len(dm.metadata()[0])
+
+
+def test_record_normalisation_and_raw_signals(synth_root: Path, tmp_path: Path) -> None:
+    x, y = _dm(synth_root, tmp_path)._loader("val", shuffle=False).dataset[0]
+    assert x.shape == (12, 1000) and y.shape == (5,)
+    torch.testing.assert_close(x.mean(dim=1), torch.zeros(12), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(dim=1, unbiased=False), torch.ones(12), atol=1e-3, rtol=0)
+    raw_dm = _dm(synth_root, tmp_path, normalize="none")
+    raw, _ = raw_dm.datasets["val"][0]
+    row = raw_dm.datasets["val"].rows[0]
+    filename = pd.read_csv(synth_root / "ptbxl_database.csv")["filename_lr"].iloc[row]
+    np.testing.assert_allclose(raw.numpy(), read_leads(synth_root / filename)[0], atol=1e-6)
+
+
+def test_train_standardisation_uses_training_statistics(synth_root: Path, tmp_path: Path) -> None:
+    dm = _dm(synth_root, tmp_path, normalize="train")
+    x = torch.stack([dm.datasets["train"][i][0] for i in range(len(dm.datasets["train"]))])
+    assert x.mean().abs() < 0.05 and (x.std(dim=(0, 2)) - 1).abs().max() < 0.05
+
+
+def test_500hz_records(tmp_path: Path) -> None:
+    from bioexp.data.synth import generate_ptbxl
+
+    root = generate_ptbxl(tmp_path / "hr", records=40, seed=3, high_rate=True)
+    dm = _dm(root, tmp_path, sampling_rate=500, crop_seconds=2.5, label_set="rhythm")
+    assert dm.datasets["val"][0][0].shape == (12, 5000)
+    assert dm.datasets["train"][(0, 7)][0].shape == (12, 1250)
+    assert dm.dims["num_classes"] == len(dm.classes) and "SR" in dm.classes
+
+
+def test_training_order_and_crops_depend_on_seed_and_epoch_only(synth_root: Path, tmp_path: Path) -> None:
+    dm = _dm(synth_root, tmp_path, crop_seconds=2.5, batch_size=16)
+    first = next(iter(dm.train_dataloader()))[0]
+    again = next(iter(dm.train_dataloader()))[0]
+    assert first.shape == (16, 12, 250)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    sampler = EpochSampler(100, seed=0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0 and sorted(i for i, _ in sampler) == list(range(100))
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0
+    dataset = dm.datasets["train"]
+    torch.testing.assert_close(dataset[(3, 11)][0], dataset[(3, 11)][0], rtol=0, atol=0)
+    assert not torch.equal(dataset[(3, 11)][0], dataset[(3, 12)][0])
+
+
+def test_missing_root_is_synthesised_when_asked(tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    dm = _dm(root, tmp_path, synthesize={"records": 30, "seed": 1})
+    assert (root / "ptbxl_database.csv").is_file() and (root / "ground_truth.csv").is_file()
+    assert len(dm.metadata()[0]) > 20
+
+
+def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path) -> None:
+    first = _dm(synth_root, tmp_path)._signals_cache().path
+    stamp = first.stat().st_mtime_ns
+    assert _dm(synth_root, tmp_path)._signals_cache().path == first and first.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"label_set": "bogus"}, "unknown data.label_set 'bogus'"),
+    ({"sampling_rate": 250}, "data.sampling_rate must be 100 or 500"),
+    ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, none"),
+])
+def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(BioexpError, match=message):
+        PTBXLDataModule(str(tmp_path), **kwargs)
