@@ -50,10 +50,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model = task_class(meta["provenance"]["task"]).load_from_checkpoint(cfg.ckpt_path, map_location="cpu",
                                                                         weights_only=True)
-    if cfg.get("data"):
-        datamodule = instantiate(cfg.data, _convert_="all")
+    data_cfg = cfg.get("data")
+    if data_cfg and "_target_" in data_cfg:  # data=<group option>: a complete datamodule config
+        datamodule = instantiate(data_cfg, _convert_="all")
     elif meta["provenance"].get("datamodule") and meta["datamodule_hparams"] is not None:
-        datamodule = get_class(meta["provenance"]["datamodule"])(**dict(meta["datamodule_hparams"]))
+        # The checkpoint's own datamodule; settings an experiment= brings override its saved ones.
+        overrides = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg else {}
+        datamodule = get_class(meta["provenance"]["datamodule"])(**{**meta["datamodule_hparams"], **overrides})
     else:
         raise BioexpError("the checkpoint does not record its data; pass data=... or experiment=...")
     datamodule.prepare_data()

@@ -22,6 +22,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     """Run one experiment; returns ``metrics.json``'s content and the optimised metric's value."""
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from bioexp.utils import run
@@ -35,9 +36,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # before the model: data-derived dims (num_classes, ...) fill the model config
     run.fill_dims(cfg.model, datamodule.dims)
-    OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
-    if cfg.get("print_config"):
-        run.print_config(cfg, out)
+    if rank_zero_only.rank == 0:  # DDP ranks relaunched by Lightning/torchrun/SLURM run this too
+        OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
+        if cfg.get("print_config"):
+            run.print_config(cfg, out)
 
     model = run.build_task(cfg.model)
     loggers = run.instantiate_group(cfg.get("logger"))

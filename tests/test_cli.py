@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Pat
     line = _one_line_error(result)
     assert "training loss became nan" in line and "model.optimizer.lr" in line
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_shipped_ptbxl_optuna_sweep_runs_end_to_end(tmp_path: Path, synth_root: Path) -> None:
+    result = run_cli(["-m", "experiment=ptbxl_xresnet1d50", "hparams_search=ptbxl_optuna",
+                      *data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "debug=limit",
+                      "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.optimizer.lr", "model.optimizer.weight_decay"}  # batch size is fixed
+    runs = sorted((tmp_path / "sweep").glob("[0-9]*/metrics.json"))
+    values = [json.loads(p.read_text())["optimized_metric"]["value"] for p in runs]
+    assert len(runs) == 2 and best["best_value"] == pytest.approx(max(values))
 
 
 def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, synth_root: Path) -> None:

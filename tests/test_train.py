@@ -74,6 +74,11 @@ def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_
     result = evaluate(cfg)
     assert result["metrics"]["test/auroc"] == pytest.approx(summary["metrics"]["test/auroc"], abs=1e-6)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(best)
+    # experiment= settings (here: train-set normalisation) override the checkpoint's data settings.
+    cfg = compose_cfg([f"ckpt_path={best}", "experiment=ptbxl_xresnet1d50", "trainer=cpu",
+                       "+trainer.limit_test_batches=2"], tmp_path / "eval2", config_name="eval")
+    changed = evaluate(cfg)["metrics"]["test/auroc"]
+    assert 0.0 <= changed <= 1.0 and changed != pytest.approx(result["metrics"]["test/auroc"], abs=1e-9)
 
 
 def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth_root: Path, monkeypatch) -> None:
