@@ -26,7 +26,7 @@ def _read(item: str) -> np.ndarray:
     return np.load(item)
 
 
-def test_builds_once_then_reuses(tmp_path: Path) -> None:
+def test_builds_once_then_reuses(tmp_path: Path):
     items = [str(p) for p in _sources(tmp_path)]
     calls: list[str] = []
 
@@ -43,7 +43,7 @@ def test_builds_once_then_reuses(tmp_path: Path) -> None:
     assert len(calls) == 5 and again.path == cache.path
 
 
-def test_changed_source_gets_a_new_cache_and_old_one_is_removed(tmp_path: Path) -> None:
+def test_changed_source_gets_a_new_cache_and_old_one_is_removed(tmp_path: Path):
     paths = _sources(tmp_path)
     items = [str(p) for p in paths]
     first = cached_stack(tmp_path / "c", "demo", items, (2, 3), _read, file_fingerprint(paths))
@@ -54,7 +54,7 @@ def test_changed_source_gets_a_new_cache_and_old_one_is_removed(tmp_path: Path) 
     assert second.open()[2, 0, 0] == 42
 
 
-def test_truncated_or_unfinished_cache_is_rebuilt(tmp_path: Path) -> None:
+def test_truncated_or_unfinished_cache_is_rebuilt(tmp_path: Path):
     items = [str(p) for p in _sources(tmp_path)]
     cache = cached_stack(tmp_path / "c", "demo", items, (2, 3), _read)
     with open(cache.path, "r+b") as f:
@@ -68,7 +68,7 @@ def test_truncated_or_unfinished_cache_is_rebuilt(tmp_path: Path) -> None:
     assert len(calls) == 5
 
 
-def test_failed_items_are_marked_and_explained(tmp_path: Path) -> None:
+def test_failed_items_are_marked_and_explained(tmp_path: Path):
     items = [str(p) for p in _sources(tmp_path, 3)] + [str(tmp_path / "x.broken"), str(tmp_path / "missing.npy")]
     cache = cached_stack(tmp_path / "c", "demo", items, (2, 3), _read)
     assert cache.valid.tolist() == [True, True, True, False, False]
@@ -76,7 +76,7 @@ def test_failed_items_are_marked_and_explained(tmp_path: Path) -> None:
     assert (cache.open()[3:] == 0).all()
 
 
-def test_parallel_decoding_gives_the_same_cache(tmp_path: Path) -> None:
+def test_parallel_decoding_gives_the_same_cache(tmp_path: Path):
     items = [str(p) for p in _sources(tmp_path, 300)]
     serial = cached_stack(tmp_path / "a", "demo", items, (2, 3), _read, workers=0).open()
     parallel = cached_stack(tmp_path / "b", "demo", items, (2, 3), _read, workers=2).open()

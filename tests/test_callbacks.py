@@ -54,7 +54,7 @@ def _trainer(tmp_path: Path, callbacks: list, epochs: int) -> L.Trainer:
                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
 
 
-def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path: Path):
     model = Regression(nan_epoch=2)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, monitor="val/loss")
     trainer = _trainer(tmp_path, [FiniteLossGuard(), checkpoint], epochs=5)
@@ -67,7 +67,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp
     torch.testing.assert_close(model.layer.weight.detach(), weights, rtol=0, atol=0)  # the NaN never reached them
 
 
-def test_epoch_seed_makes_each_epochs_randomness_depend_on_the_epoch_only(tmp_path: Path) -> None:
+def test_epoch_seed_makes_each_epochs_randomness_depend_on_the_epoch_only(tmp_path: Path):
     first, second = Regression(), Regression()
     _trainer(tmp_path, [EpochSeed(7)], epochs=3).fit(first, _loader())
     torch.manual_seed(999)  # whatever came before does not matter
@@ -75,7 +75,7 @@ def test_epoch_seed_makes_each_epochs_randomness_depend_on_the_epoch_only(tmp_pa
     assert first.draws == second.draws and len(set(first.draws)) == 3
 
 
-def test_learning_curves_are_plotted_per_metric_family(tmp_path: Path) -> None:
+def test_learning_curves_are_plotted_per_metric_family(tmp_path: Path):
     _trainer(tmp_path, [LearningCurves(str(tmp_path / "plots"))], epochs=3).fit(Regression(), _loader(), _loader())
     png = tmp_path / "plots" / "learning_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000

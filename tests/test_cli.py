@@ -19,7 +19,7 @@ TRAINERS = sorted(p.stem for p in (Path(CONF_DIR) / "trainer").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_resolves(experiment: str) -> None:
+def test_every_experiment_composes_and_resolves(experiment: str):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"experiment={experiment}", "model.num_classes=5",
                                           "paths.root_dir=/x", "paths.output_dir=/x/out"])
@@ -29,7 +29,7 @@ def test_every_experiment_composes_and_resolves(experiment: str) -> None:
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
-def test_every_trainer_overlay_composes(trainer: str) -> None:
+def test_every_trainer_overlay_composes(trainer: str):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"trainer={trainer}", "paths.output_dir=/x/out"])
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
@@ -37,14 +37,14 @@ def test_every_trainer_overlay_composes(trainer: str) -> None:
     assert cfg.trainer.precision == expected
 
 
-def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+def test_cfg_job_prints_the_composed_config(tmp_path: Path):
     result = run_cli(["experiment=ptbxl_xresnet1d101", "--cfg", "job"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["net"]["arch"] == "xresnet1d101" and cfg["data"]["crop_seconds"] == 2.5
 
 
-def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
+def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path):
     result = run_cli(["trainer=tpu"], cwd=tmp_path)
     assert result.returncode == 1
     assert "Could not find 'trainer/tpu'" in result.stderr
@@ -60,18 +60,18 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-def test_missing_ptbxl_says_how_to_get_it(tmp_path: Path) -> None:
+def test_missing_ptbxl_says_how_to_get_it(tmp_path: Path):
     line = _one_line_error(run_cli(["data=ptbxl", f"data.root={tmp_path / 'nope'}"], cwd=tmp_path))
     assert "ptbxl_database.csv is missing" in line
     assert "aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/" in line and "data=ptbxl_synth" in line
 
 
-def test_unknown_label_set_lists_the_valid_ones(tmp_path: Path, synth_root: Path) -> None:
+def test_unknown_label_set_lists_the_valid_ones(tmp_path: Path, synth_root: Path):
     line = _one_line_error(run_cli([*data_overrides(synth_root, tmp_path / "c"), "data.label_set=bogus"], cwd=tmp_path))
     assert "unknown data.label_set 'bogus'; choose one of all, diagnostic, subdiagnostic" in line
 
 
-def test_missing_records_are_skipped_and_counted_then_fail_beyond_the_limit(tmp_path: Path, synth_root: Path) -> None:
+def test_missing_records_are_skipped_and_counted_then_fail_beyond_the_limit(tmp_path: Path, synth_root: Path):
     root = tmp_path / "ptbxl"
     shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".bioexp_cache"))
     dats = sorted(root.glob("records100/*/*.dat"))
@@ -86,7 +86,7 @@ def test_missing_records_are_skipped_and_counted_then_fail_beyond_the_limit(tmp_
     assert "2 of 400 PTB-XL records are missing or unreadable" in line and "data.max_missing_frac" in line
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Path, synth_root: Path) -> None:
+def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Path, synth_root: Path):
     run_dir = tmp_path / "run"
     result = run_cli([*data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "trainer.max_epochs=3",
                       "model.optimizer.lr=1e30", "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}"],
@@ -96,7 +96,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path: Pat
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
-def test_shipped_ptbxl_optuna_sweep_runs_end_to_end(tmp_path: Path, synth_root: Path) -> None:
+def test_shipped_ptbxl_optuna_sweep_runs_end_to_end(tmp_path: Path, synth_root: Path):
     result = run_cli(["-m", "experiment=ptbxl_xresnet1d50", "hparams_search=ptbxl_optuna",
                       *data_overrides(synth_root, tmp_path / "c"), *TINY_NET, "trainer=cpu", "debug=limit",
                       "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)
@@ -108,7 +108,7 @@ def test_shipped_ptbxl_optuna_sweep_runs_end_to_end(tmp_path: Path, synth_root: 
     assert len(runs) == 2 and best["best_value"] == pytest.approx(max(values))
 
 
-def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, synth_root: Path) -> None:
+def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, synth_root: Path):
     """Trials with a good lr, an lr that makes the loss NaN and an invalid lr that raises: the sweep completes.
 
     (A seeded random sampler, not the grid one: optuna 2.10's GridSampler crashes the sweeper when the
@@ -152,7 +152,7 @@ hydra:
     ({}, "machine api.wandb.ai\n  login user\n  password secret\n", False),
 ])
 def test_wandb_is_offline_unless_a_key_is_configured(monkeypatch, tmp_path: Path, env: dict, netrc: str,
-                                                      offline: bool) -> None:
+                                                      offline: bool):
     from bioexp.utils.resolvers import wandb_offline
 
     for key in ("WANDB_API_KEY", "WANDB_MODE"):

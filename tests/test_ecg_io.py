@@ -12,7 +12,7 @@ from bioexp.data.ecg_io import STANDARD_LEADS, RecordError, crop_windows, read_l
 from tests.conftest import shared_data
 
 
-def test_reads_the_12_standard_leads_of_a_real_ptb_record() -> None:
+def test_reads_the_12_standard_leads_of_a_real_ptb_record():
     x, fs = read_leads(shared_data("wfdb", "s0010_re"))
     assert fs == 1000.0 and x.shape == (12, 38400) and x.dtype == np.float32
     # Header: gain 2000 adu/mV, first samples -489 (i), -458 (ii), 31 (iii) ... -> physical mV.
@@ -22,7 +22,7 @@ def test_reads_the_12_standard_leads_of_a_real_ptb_record() -> None:
     np.testing.assert_allclose(x[STANDARD_LEADS.index("V6")], reference, atol=1e-6)
 
 
-def test_resample_real_record_to_100hz_and_crop_10s_windows() -> None:
+def test_resample_real_record_to_100hz_and_crop_10s_windows():
     x, fs = read_leads(shared_data("wfdb", "s0010_re"))
     y = resample(x, fs, 100)
     assert y.shape == (12, 3840)
@@ -34,7 +34,7 @@ def test_resample_real_record_to_100hz_and_crop_10s_windows() -> None:
     assert np.corrcoef(y[1], smooth)[0, 1] > 0.99
 
 
-def test_resample_keeps_passband_and_removes_aliases() -> None:
+def test_resample_keeps_passband_and_removes_aliases():
     t = np.arange(5000) / 500
     slow, fast = np.sin(2 * np.pi * 5 * t), np.sin(2 * np.pi * 70 * t)  # 70 Hz would alias to 30 Hz at 100 Hz
     y = resample(np.stack([slow, fast]).astype(np.float32), 500, 100)
@@ -43,7 +43,7 @@ def test_resample_keeps_passband_and_removes_aliases() -> None:
     assert np.abs(y[1, 100:-100]).max() < 0.05
 
 
-def test_invalid_samples_are_errors_unless_gaps_are_filled() -> None:
+def test_invalid_samples_are_errors_unless_gaps_are_filled():
     record = shared_data("wfdb", "v102s")  # real ICU recording: WFDB marks 3 samples of lead II invalid
     with pytest.raises(RecordError, match="invalid"):
         read_leads(record, leads=("II", "V"))
@@ -53,12 +53,12 @@ def test_invalid_samples_are_errors_unless_gaps_are_filled() -> None:
     assert np.isnan(raw[5591]) and x[0, 5591] == pytest.approx((raw[5590] + raw[5592]) / 2, abs=1e-6)
 
 
-def test_missing_leads_are_named() -> None:
+def test_missing_leads_are_named():
     with pytest.raises(RecordError, match=r"leads \['AVR'\] not in record"):
         read_leads(shared_data("wfdb", "v102s"), leads=("II", "AVR"))
 
 
-def test_missing_and_truncated_records_are_record_errors(tmp_path) -> None:
+def test_missing_and_truncated_records_are_record_errors(tmp_path):
     with pytest.raises(RecordError, match="header missing"):
         read_leads(tmp_path / "nope")
     for f in shared_data("wfdb").glob("s0010_re.*"):

@@ -22,7 +22,7 @@ def _dm(root: Path, tmp_path: Path, **kwargs) -> PTBXLDataModule:
     return dm
 
 
-def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_path: Path) -> None:
+def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_path: Path):
     dm = _dm(synth_root, tmp_path)
     assert dm.dims == {"num_classes": 5, "in_channels": 12} and dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
     db = pd.read_csv(synth_root / "ptbxl_database.csv", index_col="ecg_id")
@@ -36,7 +36,7 @@ def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_
     assert sum(len(dm.datasets[s]) for s in ("train", "val", "test")) == len(dm.metadata()[0])
 
 
-def test_record_normalisation_and_raw_signals(synth_root: Path, tmp_path: Path) -> None:
+def test_record_normalisation_and_raw_signals(synth_root: Path, tmp_path: Path):
     x, y = _dm(synth_root, tmp_path)._loader("val", shuffle=False).dataset[0]
     assert x.shape == (12, 1000) and y.shape == (5,)
     torch.testing.assert_close(x.mean(dim=1), torch.zeros(12), atol=1e-4, rtol=0)
@@ -48,13 +48,13 @@ def test_record_normalisation_and_raw_signals(synth_root: Path, tmp_path: Path) 
     np.testing.assert_allclose(raw.numpy(), read_leads(synth_root / filename)[0], atol=1e-6)
 
 
-def test_train_standardisation_uses_training_statistics(synth_root: Path, tmp_path: Path) -> None:
+def test_train_standardisation_uses_training_statistics(synth_root: Path, tmp_path: Path):
     dm = _dm(synth_root, tmp_path, normalize="train")
     x = torch.stack([dm.datasets["train"][i][0] for i in range(len(dm.datasets["train"]))])
     assert x.mean().abs() < 0.05 and (x.std(dim=(0, 2)) - 1).abs().max() < 0.05
 
 
-def test_500hz_records(tmp_path: Path) -> None:
+def test_500hz_records(tmp_path: Path):
     from bioexp.data.synth import generate_ptbxl
 
     root = generate_ptbxl(tmp_path / "hr", records=40, seed=3, high_rate=True)
@@ -64,7 +64,7 @@ def test_500hz_records(tmp_path: Path) -> None:
     assert dm.dims["num_classes"] == len(dm.classes) and "SR" in dm.classes
 
 
-def test_training_order_and_crops_depend_on_seed_and_epoch_only(synth_root: Path, tmp_path: Path) -> None:
+def test_training_order_and_crops_depend_on_seed_and_epoch_only(synth_root: Path, tmp_path: Path):
     dm = _dm(synth_root, tmp_path, crop_seconds=2.5, batch_size=16)
     first = next(iter(dm.train_dataloader()))[0]
     again = next(iter(dm.train_dataloader()))[0]
@@ -81,14 +81,14 @@ def test_training_order_and_crops_depend_on_seed_and_epoch_only(synth_root: Path
     assert not torch.equal(dataset[(3, 11)][0], dataset[(3, 12)][0])
 
 
-def test_missing_root_is_synthesised_when_asked(tmp_path: Path) -> None:
+def test_missing_root_is_synthesised_when_asked(tmp_path: Path):
     root = tmp_path / "fresh"
     dm = _dm(root, tmp_path, synthesize={"records": 30, "seed": 1})
     assert (root / "ptbxl_database.csv").is_file() and (root / "ground_truth.csv").is_file()
     assert len(dm.metadata()[0]) > 20
 
 
-def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path) -> None:
+def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path):
     first = _dm(synth_root, tmp_path)._signals_cache().path
     stamp = first.stat().st_mtime_ns
     assert _dm(synth_root, tmp_path)._signals_cache().path == first and first.stat().st_mtime_ns == stamp
@@ -99,6 +99,6 @@ def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path) ->
     ({"sampling_rate": 250}, "data.sampling_rate must be 100 or 500"),
     ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, none"),
 ])
-def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str) -> None:
+def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(BioexpError, match=message):
         PTBXLDataModule(str(tmp_path), **kwargs)

@@ -18,14 +18,14 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
     return load_database(root), load_statements(root)
 
 
-def test_database_parses_scp_codes_into_dicts(real) -> None:
+def test_database_parses_scp_codes_into_dicts(real):
     db, statements = real
     assert len(db) == 3028 and db.index.name == "ecg_id"
     assert db.loc[15513, "scp_codes"] == {"AFLT": 100.0, "AFIB": 0.0}
     assert len(statements) == 71
 
 
-def test_superdiagnostic_aggregation_matches_the_benchmark(real) -> None:
+def test_superdiagnostic_aggregation_matches_the_benchmark(real):
     db, statements = real
     labels = aggregate_labels(db["scp_codes"], statements, "superdiagnostic")
     assert labels.loc[18756] == ["MI", "STTC"]  # IMI, ASMI -> MI; ISCAL -> STTC; ABQRS/AFIB are not diagnostic
@@ -41,21 +41,21 @@ def test_superdiagnostic_aggregation_matches_the_benchmark(real) -> None:
 @pytest.mark.parametrize(("label_set", "n_records", "n_classes"), [
     ("all", 3028, 70), ("diagnostic", 2935, 44), ("subdiagnostic", 2935, 23), ("superdiagnostic", 2935, 5),
     ("form", 1640, 18), ("rhythm", 2958, 12)])
-def test_every_label_set_on_the_real_sample(real, label_set: str, n_records: int, n_classes: int) -> None:
+def test_every_label_set_on_the_real_sample(real, label_set: str, n_records: int, n_classes: int):
     db, statements = real
     kept, classes, y = select_labels(aggregate_labels(db["scp_codes"], statements, label_set))
     assert (len(kept), len(classes)) == (n_records, n_classes)
     assert classes == sorted(classes) and y.sum() == sum(len(v) for v in kept)
 
 
-def test_form_and_rhythm_labels_of_a_known_record(real) -> None:
+def test_form_and_rhythm_labels_of_a_known_record(real):
     db, statements = real
     assert aggregate_labels(db["scp_codes"], statements, "form").loc[18756] == ["ABQRS"]
     assert aggregate_labels(db["scp_codes"], statements, "rhythm").loc[18756] == ["AFIB"]
     assert aggregate_labels(db["scp_codes"], statements, "subdiagnostic").loc[18756] == ["AMI", "IMI", "ISCA"]
 
 
-def test_min_samples_drops_rare_labels_then_unlabelled_records(real) -> None:
+def test_min_samples_drops_rare_labels_then_unlabelled_records(real):
     db, statements = real
     labels = aggregate_labels(db["scp_codes"], statements, "diagnostic")
     _, classes, _ = select_labels(labels, min_samples=50)
@@ -63,7 +63,7 @@ def test_min_samples_drops_rare_labels_then_unlabelled_records(real) -> None:
     assert classes == sorted(counts[counts > 50].index)
 
 
-def test_recommended_folds_are_patient_disjoint(real) -> None:
+def test_recommended_folds_are_patient_disjoint(real):
     db, _ = real
     assert db["strat_fold"].value_counts().sort_index().tolist() == [306, 293, 327, 304, 296, 309, 305, 292, 292, 304]
     assert db["patient_id"].nunique() == 2725
@@ -72,7 +72,7 @@ def test_recommended_folds_are_patient_disjoint(real) -> None:
     assert not train & set(db[db.strat_fold == 9].patient_id) and not train & set(db[db.strat_fold == 10].patient_id)
 
 
-def test_unknown_label_set_and_missing_files_are_clear(real, tmp_path) -> None:
+def test_unknown_label_set_and_missing_files_are_clear(real, tmp_path):
     db, statements = real
     with pytest.raises(BioexpError, match="unknown data.label_set 'bogus'; choose one of " + ", ".join(LABEL_SETS)):
         aggregate_labels(db["scp_codes"], statements, "bogus")

@@ -63,7 +63,7 @@ def codes(database: pd.DataFrame) -> pd.Series:
 # ------------------------------------------------------------------ format
 
 
-def test_layout_matches_ptbxl(dataset: Path, database: pd.DataFrame) -> None:
+def test_layout_matches_ptbxl(dataset: Path, database: pd.DataFrame):
     top = {p.name for p in dataset.iterdir()}
     assert top == {"ptbxl_database.csv", "scp_statements.csv", "ground_truth.csv", "records100", "records500"}
     header = (dataset / "ptbxl_database.csv").read_text().splitlines()[0]
@@ -77,13 +77,13 @@ def test_layout_matches_ptbxl(dataset: Path, database: pd.DataFrame) -> None:
         assert (dataset / f"{name}.hea").is_file() and (dataset / f"{name}.dat").stat().st_size == 1000 * 12 * 2
 
 
-def test_record_paths_use_folders_of_1000() -> None:
+def test_record_paths_use_folders_of_1000():
     assert ptbxl.record_path(999, "lr") == "records100/00000/00999_lr"
     assert ptbxl.record_path(1001, "lr") == "records100/01000/01001_lr"
     assert ptbxl.record_path(21837, "hr") == "records500/21000/21837_hr"
 
 
-def test_database_values(database: pd.DataFrame) -> None:
+def test_database_values(database: pd.DataFrame):
     assert list(database.index) == list(range(1, RECORDS + 1))
     assert database["patient_id"].dtype == float and (database["patient_id"] % 1 == 0).all()
     assert database["recording_date"].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
@@ -95,7 +95,7 @@ def test_database_values(database: pd.DataFrame) -> None:
     assert database["strat_fold"].between(1, 10).all()
 
 
-def test_patients_stay_in_one_fold_and_folds_are_balanced(database: pd.DataFrame) -> None:
+def test_patients_stay_in_one_fold_and_folds_are_balanced(database: pd.DataFrame):
     assert (database.groupby("patient_id")["strat_fold"].nunique() == 1).all()
     per_patient = database.groupby("patient_id").size()
     assert 1.05 < per_patient.mean() < 1.35 and per_patient.max() >= 2
@@ -103,7 +103,7 @@ def test_patients_stay_in_one_fold_and_folds_are_balanced(database: pd.DataFrame
     assert len(sizes) == 10 and sizes.max() - sizes.min() <= 3
 
 
-def test_headers_are_ptbxl_headers(dataset: Path, database: pd.DataFrame) -> None:
+def test_headers_are_ptbxl_headers(dataset: Path, database: pd.DataFrame):
     for rate, fs, length in (("lr", 100, 1000), ("hr", 500, 5000)):
         for name in database[f"filename_{rate}"].iloc[[0, -1]]:
             header = wfdb.rdheader(str(dataset / name))
@@ -116,7 +116,7 @@ def test_headers_are_ptbxl_headers(dataset: Path, database: pd.DataFrame) -> Non
             assert header.file_name == [f"{Path(name).name}.dat"] * 12
 
 
-def test_written_signal_round_trips(tmp_path: Path) -> None:
+def test_written_signal_round_trips(tmp_path: Path):
     rng = np.random.default_rng(0)
     record = ecg.simulate(ecg.Rhythm(), ecg.normal_morphology(rng, 50.0), rng)
     ptbxl.write_record(tmp_path / "00001_lr", record.low, 100)
@@ -127,7 +127,7 @@ def test_written_signal_round_trips(tmp_path: Path) -> None:
     assert np.array_equal(raw / 1000.0, read)
 
 
-def test_einthoven_and_goldberger_hold(signals: np.ndarray) -> None:
+def test_einthoven_and_goldberger_hold(signals: np.ndarray):
     i, ii, iii, avr, avl, avf = (signals[..., k] for k in range(6))
     quantum = 0.0015
     assert np.abs(iii - (ii - i)).max() <= quantum
@@ -136,7 +136,7 @@ def test_einthoven_and_goldberger_hold(signals: np.ndarray) -> None:
     assert np.abs(avf - (ii - i / 2)).max() <= quantum
 
 
-def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path):
     one = generate_ptbxl(tmp_path / "one", 24, seed=3, workers=1)
     two = generate_ptbxl(tmp_path / "two", 24, seed=3, workers=2)
     other = generate_ptbxl(tmp_path / "other", 24, seed=4, workers=1)
@@ -149,7 +149,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     assert (one / first_dat).read_bytes() != (other / first_dat).read_bytes()
 
 
-def test_high_rate_agrees_with_low_rate(dataset: Path, database: pd.DataFrame, signals: np.ndarray) -> None:
+def test_high_rate_agrees_with_low_rate(dataset: Path, database: pd.DataFrame, signals: np.ndarray):
     for k in (0, RECORDS // 2, RECORDS - 1):
         high, fields = wfdb.rdsamp(str(dataset / database["filename_hr"].iloc[k]))
         assert high.shape == (5000, 12) and fields["fs"] == 500
@@ -160,7 +160,7 @@ def test_high_rate_agrees_with_low_rate(dataset: Path, database: pd.DataFrame, s
 # ------------------------------------------------------------------ signals
 
 
-def test_normal_beat_polarity_and_r_progression() -> None:
+def test_normal_beat_polarity_and_r_progression():
     """Upright P/QRS/T in II, negative in aVR, R/S growing from V1 to V6."""
     morph = ecg.normal_morphology(np.random.default_rng(1), 55.0)
     _, qrs = ecg.template(ecg.qrs_waves(morph))
@@ -179,7 +179,7 @@ def test_normal_beat_polarity_and_r_progression() -> None:
     assert ratio[0] < 0.5 < 2 < ratio[4] and ratio[0] < ratio[2] < ratio[4]
 
 
-def test_infarct_makes_wide_deep_q_and_st_elevation_in_facing_leads() -> None:
+def test_infarct_makes_wide_deep_q_and_st_elevation_in_facing_leads():
     rng = np.random.default_rng(2)
     base = ecg.normal_morphology(rng, 50.0)
     mi = ecg.infarct(base, "inferior", rng, st_mv=0.2, t_invert=0.0)
@@ -211,7 +211,7 @@ def test_measured_heart_rate_matches_ground_truth(
     assert np.median(errors) < 1.0 and errors.max() < 3.0
 
 
-def test_conduction_defects_widen_qrs_or_prolong_pr(truth: pd.DataFrame, database: pd.DataFrame) -> None:
+def test_conduction_defects_widen_qrs_or_prolong_pr(truth: pd.DataFrame, database: pd.DataFrame):
     parsed = codes(database)
     bbb = parsed.map(lambda c: bool({"CLBBB", "CRBBB"} & c.keys()) and "PACE" not in c)
     first_degree = parsed.map(lambda c: "1AVB" in c and not {"WPW", "PACE"} & c.keys())
@@ -223,7 +223,7 @@ def test_conduction_defects_widen_qrs_or_prolong_pr(truth: pd.DataFrame, databas
     assert truth.loc[narrow, "pr_ms"].between(120, 200).all()
 
 
-def test_hypertrophy_has_higher_qrs_voltage(signals: np.ndarray, truth: pd.DataFrame) -> None:
+def test_hypertrophy_has_higher_qrs_voltage(signals: np.ndarray, truth: pd.DataFrame):
     voltage = np.array([qrs_voltage(x) for x in signals])
     hyp = truth["HYP"].to_numpy() == 1
     norm = (truth["NORM"].to_numpy() == 1) & ~hyp
@@ -231,7 +231,7 @@ def test_hypertrophy_has_higher_qrs_voltage(signals: np.ndarray, truth: pd.DataF
     assert voltage[hyp].mean() > 1.3 * voltage[norm].mean()
 
 
-def test_atrial_fibrillation_is_irregular_without_p_waves(signals: np.ndarray, truth: pd.DataFrame) -> None:
+def test_atrial_fibrillation_is_irregular_without_p_waves(signals: np.ndarray, truth: pd.DataFrame):
     afib = (truth["rhythm"] == "afib").to_numpy()
     sinus = ((truth["rhythm"] == "sinus") & (truth["n_pvc"] + truth["n_pac"] == 0)).to_numpy()
     assert afib.sum() >= 5
@@ -245,7 +245,7 @@ def test_atrial_fibrillation_is_irregular_without_p_waves(signals: np.ndarray, t
     assert (truth.loc[afib, "p_wave"] == 0).all() and truth.loc[afib, "pr_ms"].isna().all()
 
 
-def test_rate_labels_match_true_rate(truth: pd.DataFrame, database: pd.DataFrame) -> None:
+def test_rate_labels_match_true_rate(truth: pd.DataFrame, database: pd.DataFrame):
     parsed = codes(database)
     plain = (truth["rhythm"] == "sinus") & (truth["n_pvc"] + truth["n_pac"] + truth["paced"] == 0)
     for code, low, high in (("SR", 58, 102), ("STACH", 100, 160), ("SBRAD", 35, 60)):
@@ -256,7 +256,7 @@ def test_rate_labels_match_true_rate(truth: pd.DataFrame, database: pd.DataFrame
 # ------------------------------------------------------------------ behaviour
 
 
-def test_existing_output_is_refused_and_nothing_is_left_behind(tmp_path: Path) -> None:
+def test_existing_output_is_refused_and_nothing_is_left_behind(tmp_path: Path):
     out = tmp_path / "taken"
     out.mkdir()
     with pytest.raises(FileExistsError, match="already exists"):
@@ -266,7 +266,7 @@ def test_existing_output_is_refused_and_nothing_is_left_behind(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
-def test_interrupted_run_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def fail(task: object) -> None:
         raise KeyboardInterrupt
 
@@ -276,7 +276,7 @@ def test_interrupted_run_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_writes_and_refuses_existing_out(tmp_path: Path) -> None:
+def test_cli_writes_and_refuses_existing_out(tmp_path: Path):
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "bioexp.data.synth", "ptbxl", "--out", str(out), "--records", "4"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -25,7 +25,7 @@ def _run(tmp_path: Path, synth_root: Path, *overrides: str, name: str = "run") -
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "bf16", "ddp_sim"])
-def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Path, trainer: str) -> None:
+def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Path, trainer: str):
     summary, out = _run(tmp_path, synth_root, f"trainer={trainer}", "debug=fdr", "logger=csv")
     assert {"train/loss_epoch", "val/loss", "test/loss", "test/auroc"} <= set(summary["metrics"])
     assert all(v == v for v in summary["metrics"].values())  # no NaN
@@ -33,7 +33,7 @@ def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Pa
     assert (out / "resolved_config.yaml").is_file()
 
 
-def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: Path) -> None:
+def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: Path):
     summary, out = _run(tmp_path, synth_root, "experiment=ptbxl_xresnet1d50", *TINY_NET, "trainer=cpu",
                         "trainer.max_epochs=8", "data.batch_size=32")
     metrics = summary["metrics"]
@@ -48,7 +48,7 @@ def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: P
     assert (out / "config_tree.log").is_file() or not OmegaConf.load(out / "resolved_config.yaml").print_config
 
 
-def test_resume_from_last_ckpt_continues_exactly(tmp_path: Path, synth_root: Path) -> None:
+def test_resume_from_last_ckpt_continues_exactly(tmp_path: Path, synth_root: Path):
     common = ["trainer=cpu", "callbacks.early_stopping=null", "model.optimizer.lr=3e-3", "data.crop_seconds=2.5"]
     straight, _ = _run(tmp_path, synth_root, *common, "trainer.max_epochs=4", name="straight")
     _, first = _run(tmp_path, synth_root, *common, "trainer.max_epochs=2", name="first")
@@ -64,7 +64,7 @@ def test_resume_from_last_ckpt_continues_exactly(tmp_path: Path, synth_root: Pat
     assert resumed["metrics"]["val/loss"] == straight["metrics"]["val/loss"]
 
 
-def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_path: Path, synth_root: Path) -> None:
+def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_path: Path, synth_root: Path):
     summary, out = _run(tmp_path, synth_root, "trainer=cpu", "debug=limit", "monitor=val/auroc", "monitor_mode=max")
     best = Path(summary["best_checkpoint"])
     model = MultiLabelClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
@@ -81,7 +81,7 @@ def test_checkpoint_loads_weights_only_and_evaluate_reproduces_test_metrics(tmp_
     assert 0.0 <= changed <= 1.0 and changed != pytest.approx(result["metrics"]["test/auroc"], abs=1e-9)
 
 
-def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth_root: Path, monkeypatch) -> None:
+def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth_root: Path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     _, out = _run(tmp_path, synth_root, "trainer=cpu", "debug=limit", "logger=many", "tags=[smoke,wandb]")

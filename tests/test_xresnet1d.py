@@ -9,7 +9,7 @@ from bioexp.nets.xresnet1d import ResBlock, XResNet1d
 
 
 @pytest.mark.parametrize(("arch", "channels"), [("xresnet1d50", 2048), ("xresnet1d101", 2048), ("xresnet1d18", 512)])
-def test_feature_map_and_logits_shapes(arch: str, channels: int) -> None:
+def test_feature_map_and_logits_shapes(arch: str, channels: int):
     torch.manual_seed(0)
     x = torch.randn(2, 12, 250)
     features = XResNet1d(arch, num_classes=None).eval()(x)
@@ -18,7 +18,7 @@ def test_feature_map_and_logits_shapes(arch: str, channels: int) -> None:
     assert logits.shape == (3, 5) and torch.isfinite(logits).all()
 
 
-def test_depth_changes_parameter_count_as_in_the_benchmark() -> None:
+def test_depth_changes_parameter_count_as_in_the_benchmark():
     def count(arch: str) -> int:
         return sum(p.numel() for p in XResNet1d(arch, num_classes=5).parameters())
 
@@ -28,7 +28,7 @@ def test_depth_changes_parameter_count_as_in_the_benchmark() -> None:
     assert count("xresnet1d101") - count("xresnet1d50") == extra
 
 
-def test_residual_blocks_start_as_identity_plus_relu() -> None:
+def test_residual_blocks_start_as_identity_plus_relu():
     torch.manual_seed(0)
     block = ResBlock(4, 64, 16, 1, 5).eval()
     x = torch.randn(2, 64, 30)
@@ -36,6 +36,6 @@ def test_residual_blocks_start_as_identity_plus_relu() -> None:
     assert torch.equal(block(x), torch.relu(x))
 
 
-def test_unknown_arch_is_a_clear_error() -> None:
+def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown arch 'resnet9'"):
         XResNet1d("resnet9")
