@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from bioexp.data.ecg_io import STANDARD_LEADS, RecordError, crop_windows, read_leads, resample
+from bioexp.data.ecg_io import STANDARD_LEADS, RecordError, crop_windows, r_peaks, read_leads, resample
 from tests.conftest import shared_data
 
 
@@ -71,3 +71,16 @@ def test_missing_and_truncated_records_are_record_errors(tmp_path):
     (tmp_path / "s0010_re.dat").unlink()
     with pytest.raises(RecordError, match="signal file missing"):
         read_leads(tmp_path / "s0010_re")
+
+
+def test_r_peaks_match_the_cardiologists_annotations_of_a_real_record():
+    record = shared_data("wfdb", "100")  # MIT-BIH 100: 30 min, 2,273 annotated beats
+    x, fs = read_leads(record, leads=("MLII", "V5"))
+    annotation = wfdb.rdann(str(record), "atr")
+    beats = annotation.sample[np.isin(annotation.symbol, ["N", "A", "V"])]
+    for signal, rate in ((x, fs), (resample(x, fs, 100), 100.0)):
+        found = r_peaks(signal, rate) * (fs / rate)
+        error = np.abs(found[None, :] - beats[:, None]).min(axis=1) / fs
+        precision = np.mean(np.abs(beats[None, :] - found[:, None]).min(axis=1) / fs <= 0.1)
+        assert np.mean(error <= 0.1) > 0.995 and precision > 0.995
+        assert np.median(error) < 0.015

@@ -24,7 +24,7 @@ def _dm(root: Path, tmp_path: Path, **kwargs) -> PTBXLDataModule:
 
 def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_path: Path):
     dm = _dm(synth_root, tmp_path)
-    assert dm.dims == {"num_classes": 5, "in_channels": 12} and dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert dm.dims == {"num_classes": 5, "in_channels": 12, "input_length": 1000} and dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
     db = pd.read_csv(synth_root / "ptbxl_database.csv", index_col="ecg_id")
     patients = {}
     for split, folds in (("train", range(1, 9)), ("val", [9]), ("test", [10])):
@@ -102,3 +102,16 @@ def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path):
 def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(BioexpError, match=message):
         PTBXLDataModule(str(tmp_path), **kwargs)
+
+
+def test_beat_aligned_windows_centre_one_beat(synth_root: Path, tmp_path: Path):
+    dm = _dm(synth_root, tmp_path, crop_seconds=1.0, crop_align="beat", eval_crop=True)
+    assert dm.dims["input_length"] == 100
+    truth = dm.ground_truth("val")
+    sinus = np.flatnonzero((truth["rhythm"] == "sinus").to_numpy())
+    loader_ds = dm.eval_dataloader("val").dataset
+    peaks = [int(np.abs(loader_ds[int(i)][0].numpy()).sum(axis=0).argmax()) for i in sinus]
+    assert np.median(np.abs(np.array(peaks) - 35)) <= 3  # R peak 0.35 s into every window
+    x_train, _ = dm.datasets["train"][(0, 5)]
+    assert x_train.shape == (12, 100)
+    assert len(truth) == len(loader_ds) and {"pr_ms", "qt_ms"} <= set(truth.columns)

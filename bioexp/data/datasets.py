@@ -8,25 +8,34 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bioexp.data.ecg_io import r_peaks
+
 
 class CachedSignalDataset(Dataset):
     """``(signal [C, T], target)`` pairs read from rows of a ``[N, C, T]`` ``.npy`` memmap.
 
     The memmap is opened lazily in each process, so pickling the dataset for spawned dataloader
-    workers or DDP processes sends a path, not gigabytes. ``crop`` draws one random window per
-    item (training); without it the whole record is returned (evaluation). Keys may be
-    ``(index, item_seed)`` pairs from :class:`~bioexp.data.sampling.EpochSampler`, which make the
-    crop reproducible; a plain index draws it from torch's RNG.
+    workers or DDP processes sends a path, not gigabytes. Without ``crop`` the whole record is
+    returned. With it, one window of ``crop`` samples: ``align="random"`` anywhere, ``"beat"``
+    starting ``beat_offset`` seconds before an R peak (so every window holds one centred beat).
+    Training windows are random; with ``random_crop=False`` (evaluation) they are fixed: the
+    centre, or the beat nearest the centre. Keys may be ``(index, item_seed)`` pairs from
+    :class:`~bioexp.data.sampling.EpochSampler`, which make random windows reproducible; a plain
+    index draws them from torch's RNG.
     """
 
     def __init__(self, path: str | Path, rows: np.ndarray, targets: np.ndarray, crop: int | None = None,
-                 normalize: str = "record", mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
+                 normalize: str = "record", mean: np.ndarray | None = None, std: np.ndarray | None = None,
+                 align: str = "random", fs: float = 100.0, beat_offset: float = 0.35, random_crop: bool = True) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
+        if align not in ("random", "beat"):
+            raise ValueError(f"unknown crop alignment {align!r}; choose random or beat")
         self.path = Path(path)
         self.rows = np.asarray(rows)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
         self.crop, self.normalize, self.mean, self.std = crop, normalize, mean, std
+        self.align, self.fs, self.beat_offset, self.random_crop = align, fs, beat_offset, random_crop
         self._signals: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -49,8 +58,22 @@ class CachedSignalDataset(Dataset):
         elif self.normalize == "train":
             x = (x - self.mean) / self.std
         if self.crop is not None and self.crop < x.shape[-1]:
-            high = x.shape[-1] - self.crop + 1
-            start = (int(torch.randint(0, high, ()).item()) if item_seed is None
-                     else int(np.random.default_rng(item_seed).integers(high)))
+            start = self.window_start(x, item_seed)
             x = x[:, start : start + self.crop]
         return torch.from_numpy(np.ascontiguousarray(x)), self.targets[i]
+
+    def window_start(self, x: np.ndarray, item_seed: int | None = None) -> int:
+        """First sample of the window cut from ``x`` (see the class docstring)."""
+        assert self.crop is not None
+        high = x.shape[-1] - self.crop  # last valid start
+        candidates = np.arange(high + 1)
+        if self.align == "beat":
+            starts = r_peaks(x, self.fs) - round(self.beat_offset * self.fs)
+            starts = starts[(starts >= 0) & (starts <= high)]
+            if len(starts):  # no complete beat (asystole, noise): fall back to any window
+                candidates = starts
+        if not self.random_crop:
+            return int(candidates[np.argmin(np.abs(candidates - high / 2))])
+        pick = (int(torch.randint(0, len(candidates), ()).item()) if item_seed is None
+                else int(np.random.default_rng(item_seed).integers(len(candidates))))
+        return int(candidates[pick])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import wfdb
-from scipy.signal import resample_poly
+from scipy.signal import find_peaks, resample_poly
 
 STANDARD_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
@@ -78,3 +78,22 @@ def crop_windows(signal: np.ndarray, length: int, stride: int | None = None) -> 
         raise ValueError(f"signal of {signal.shape[-1]} samples is shorter than one window ({length})")
     starts = range(0, signal.shape[-1] - length + 1, stride)
     return np.stack([signal[:, s : s + length] for s in starts])
+
+
+def r_peaks(signal: np.ndarray, fs: float, refractory_s: float = 0.25) -> np.ndarray:
+    """Sample indices of R peaks in a ``[C, T]`` ECG, from all leads at once.
+
+    A slope-energy detector: the summed absolute first difference over leads, smoothed over
+    ~40 ms, peaks above half its robust maximum at least ``refractory_s`` apart; each detection
+    is moved to the largest summed absolute amplitude within +-60 ms (the R wave itself).
+    Good enough to centre beat windows; not a clinical-grade detector.
+    """
+    slope = np.abs(np.diff(signal, axis=-1)).sum(axis=0)
+    width = max(1, round(0.04 * fs))
+    energy = np.convolve(slope, np.ones(width) / width, mode="same")
+    height = 0.5 * np.percentile(energy, 99)
+    found, _ = find_peaks(energy, height=height, distance=max(1, round(refractory_s * fs)))
+    amplitude = np.abs(signal - np.median(signal, axis=-1, keepdims=True)).sum(axis=0)
+    half = round(0.06 * fs)
+    return np.array([lo + int(np.argmax(amplitude[lo : p + half + 1])) for p in found
+                     for lo in [max(0, p - half)]], dtype=np.int64)

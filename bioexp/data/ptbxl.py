@@ -97,8 +97,10 @@ class PTBXLDataModule(L.LightningDataModule):
 
     ``synthesize`` (e.g. ``{records: 2000, seed: 0}``) writes a synthetic PTB-XL at ``root`` when
     it is absent, so a first run needs no download. ``crop_seconds`` trains on random windows (the
-    benchmark uses 2.5 s); validation and test always see the whole 10 s record. Training order
-    and crops depend only on ``seed`` and the epoch (see :mod:`bioexp.data.sampling`).
+    benchmark uses 2.5 s); validation and test see the whole 10 s record unless ``eval_crop``
+    (then a fixed window of the same length). ``crop_align="beat"`` starts every window
+    ``beat_offset_seconds`` before an R peak, for models of one beat (EP-Prior). Training order and
+    crops depend only on ``seed`` and the epoch (see :mod:`bioexp.data.sampling`).
     """
 
     def __init__(self, root: str, label_set: str = "superdiagnostic", sampling_rate: int = 100,
@@ -106,12 +108,17 @@ class PTBXLDataModule(L.LightningDataModule):
                  num_workers: int = 0, pin_memory: bool = False, train_folds: tuple[int, ...] = tuple(range(1, 9)),
                  val_folds: tuple[int, ...] = (9,), test_folds: tuple[int, ...] = (10,), min_samples: int = 0,
                  max_missing_frac: float = 0.01, cache_dir: str | None = None, decode_workers: int = 2,
-                 synthesize: dict | None = None, seed: int = 0) -> None:
+                 synthesize: dict | None = None, seed: int = 0, crop_align: str = "random",
+                 eval_crop: bool = False, beat_offset_seconds: float = 0.35) -> None:
         super().__init__()
         if label_set not in LABEL_SETS:
             raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
         if sampling_rate not in (100, 500):
             raise BioexpError(f"data.sampling_rate must be 100 or 500 (PTB-XL's two versions), got {sampling_rate}")
+        if crop_align not in ("random", "beat"):
+            raise BioexpError(f"unknown data.crop_align {crop_align!r}; choose random or beat")
+        if eval_crop and crop_seconds is None:
+            raise BioexpError("data.eval_crop needs data.crop_seconds (the window length)")
         if normalize not in NORMALIZATIONS:
             raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.save_hyperparameters()
@@ -152,9 +159,15 @@ class PTBXLDataModule(L.LightningDataModule):
         return self.metadata()[1]
 
     @property
+    def crop_length(self) -> int | None:
+        hp = self.hparams
+        return None if hp.crop_seconds is None else round(hp.crop_seconds * hp.sampling_rate)
+
+    @property
     def dims(self) -> dict[str, int]:
         """What a model must know about this data: filled into ``???`` keys of the model config."""
-        return {"num_classes": len(self.classes), "in_channels": len(STANDARD_LEADS)}
+        length = self.crop_length if self.hparams.eval_crop else RECORD_SECONDS * self.hparams.sampling_rate
+        return {"num_classes": len(self.classes), "in_channels": len(STANDARD_LEADS), "input_length": length}
 
     # -- signals ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -199,12 +212,30 @@ class PTBXLDataModule(L.LightningDataModule):
         mean = std = None
         if hp.normalize == "train":
             mean, std = self._train_stats(cache)
-        crop = None if hp.crop_seconds is None else round(hp.crop_seconds * hp.sampling_rate)
-        self.datasets = {}
-        for split in ("train", "val", "test"):
-            rows, y = self.split_rows(split)
-            self.datasets[split] = CachedSignalDataset(cache.path, rows, y, crop if split == "train" else None,
-                                                       hp.normalize, mean, std)
+        self.datasets = {split: self._dataset(split, mean, std) for split in ("train", "val", "test")}
+
+    def _dataset(self, split: str, mean: np.ndarray | None, std: np.ndarray | None,
+                 random_crop: bool | None = None) -> CachedSignalDataset:
+        hp = self.hparams
+        rows, y = self.split_rows(split)
+        random_crop = split == "train" if random_crop is None else random_crop
+        crop = self.crop_length if (random_crop or hp.eval_crop) else None
+        return CachedSignalDataset(self._signals_cache().path, rows, y, crop, hp.normalize, mean, std,
+                                   align=hp.crop_align, fs=hp.sampling_rate, beat_offset=hp.beat_offset_seconds,
+                                   random_crop=random_crop)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """``split`` in fixed order with evaluation windows: for embeddings (probes) and analyses."""
+        train = self.datasets["train"]
+        return self._make_loader(self._dataset(split, train.mean, train.std, random_crop=False), shuffle=False)
+
+    def ground_truth(self, split: str) -> pd.DataFrame | None:
+        """Rows of ``ground_truth.csv`` (synthetic data only) aligned with ``split``'s dataset."""
+        path = self.root / "ground_truth.csv"
+        if not path.is_file():
+            return None
+        ids = self._database().index[self.split_rows(split)[0]]
+        return pd.read_csv(path, index_col="ecg_id").loc[ids]
 
     def _train_stats(self, cache: ArrayCache, max_records: int = 2000) -> tuple[np.ndarray, np.ndarray]:
         """Per-lead mean/std over (an evenly spaced subset of) the training records."""
@@ -214,8 +245,10 @@ class PTBXLDataModule(L.LightningDataModule):
         return x.mean(axis=(0, 2))[:, None].astype(np.float32), x.std(axis=(0, 2))[:, None].astype(np.float32) + 1e-6
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return self._make_loader(self.datasets[split], shuffle)
+
+    def _make_loader(self, dataset: CachedSignalDataset, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        dataset = self.datasets[split]
         sampler = None
         if shuffle:  # epoch from the trainer: a resumed fit starts at its own epoch, not at 0
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
