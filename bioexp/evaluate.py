@@ -62,7 +62,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
     loggers = run.instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, _convert_="all")
+    callbacks = run.instantiate_group(cfg.get("callbacks"))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="all")
     trainer.test(model, datamodule=datamodule)
     summary = {"metrics": run.scalar_metrics(trainer.callback_metrics), "checkpoint": str(cfg.ckpt_path)}
     if trainer.is_global_zero:

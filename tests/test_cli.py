@@ -20,9 +20,11 @@ TRAINERS = sorted(p.stem for p in (Path(CONF_DIR) / "trainer").glob("*.yaml"))
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_resolves(experiment: str):
+    from bioexp.utils.run import fill_dims
+
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "model.num_classes=5",
-                                          "paths.root_dir=/x", "paths.output_dir=/x/out"])
+        cfg = compose("train", overrides=[f"experiment={experiment}", "paths.root_dir=/x", "paths.output_dir=/x/out"])
+    fill_dims(cfg.model, {"num_classes": 5, "in_channels": 12, "input_length": 100})  # what the datamodule says
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["task_name"] == experiment
     assert resolved["callbacks"]["model_checkpoint"]["monitor"] == resolved["monitor"]

@@ -24,7 +24,8 @@ def _dm(root: Path, tmp_path: Path, **kwargs) -> PTBXLDataModule:
 
 def test_splits_follow_the_folds_and_never_share_patients(synth_root: Path, tmp_path: Path):
     dm = _dm(synth_root, tmp_path)
-    assert dm.dims == {"num_classes": 5, "in_channels": 12, "input_length": 1000} and dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert dm.dims == {"num_classes": 5, "in_channels": 12, "input_length": 1000}
+    assert dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
     db = pd.read_csv(synth_root / "ptbxl_database.csv", index_col="ecg_id")
     patients = {}
     for split, folds in (("train", range(1, 9)), ("val", [9]), ("test", [10])):

@@ -1,0 +1,71 @@
+"""Self-supervised losses: SimCLR's NT-Xent and EP-Prior's electrophysiology constraints (pure torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_SIGMA_BOUNDS: dict[str, tuple[float, float]] = {"P": (0.003, 0.025), "QRS": (0.002, 0.020),
+                                                         "T": (0.005, 0.040)}
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR NT-Xent over the 2B views ``[z1; z2]``: view i's positive is its pair, all other views negatives.
+
+    Written as a cross-entropy over cosine-similarity logits in float32 with autocast off, the diagonal
+    masked by a finite very negative value: ``cross_entropy``'s log-sum-exp never exponentiates raw
+    logits, so it stays finite at tiny temperatures, for identical or zero vectors and for half-precision
+    inputs (a hand-written exp/log version produced the NaNs). Zero vectors normalise to zero (eps).
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"expected two [B, D] tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    batch = z1.shape[0]
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1, eps=1e-8)
+        logits = z @ z.T / temperature
+        self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(self_mask, torch.finfo(logits.dtype).min)
+        targets = torch.arange(2 * batch, device=z.device).roll(batch)  # i <-> i + B
+        return F.cross_entropy(logits, targets)
+
+
+def _hinge(violation: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """Smooth ReLU: ~0 when satisfied by a margin >> 1/sharpness, ~violation when violated."""
+    return F.softplus(sharpness * violation) / sharpness
+
+
+def ep_constraint_loss(params: Mapping[str, Mapping[str, torch.Tensor]], pr_min: float = 0.04, qt_min: float = 0.08,
+                       sigma_bounds: Mapping[str, tuple[float, float]] | None = None,
+                       sharpness: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Soft electrophysiology constraints on ``GaussianWaveDecoder`` params; returns total and named terms.
+
+    Terms (window fractions, batch means): ``order`` (P before QRS before T), ``pr`` (QRS - P >= pr_min),
+    ``qt`` (T - QRS >= qt_min) and ``sigma`` (each wave's width within its bounds). Each is weighted by
+    the gates of the waves involved, so a faded wave's placement matters less. The gates enter as
+    constants (detached): otherwise the cheapest way to satisfy the constraints would be to shrink the
+    gates and grow the amplitudes, which leaves the reconstruction unchanged and the constraints void.
+
+    Time terms use ``sharpness`` directly (the window is their scale). Sigma terms are sharpened relative
+    to the bound they test (``sharpness / bound``): with bounds of a few hundredths of the window, a plain
+    ``sharpness`` of 100 would leave a ~0.003 penalty on every in-bounds width; scaled, a width 10 %
+    inside its bound costs ~0 while a violation still costs ~its size in window fractions.
+    """
+    bounds = {**DEFAULT_SIGMA_BOUNDS, **(sigma_bounds or {})}
+    tau = {wave: p["tau"] for wave, p in params.items()}
+    gate = {wave: p["gate"].detach() for wave, p in params.items()}
+    g_pq, g_qt = gate["P"] * gate["QRS"], gate["QRS"] * gate["T"]
+    terms = {
+        "order": (g_pq * _hinge(tau["P"] - tau["QRS"], sharpness)
+                  + g_qt * _hinge(tau["QRS"] - tau["T"], sharpness)).mean(),
+        "pr": (g_pq * _hinge(pr_min - (tau["QRS"] - tau["P"]), sharpness)).mean(),
+        "qt": (g_qt * _hinge(qt_min - (tau["T"] - tau["QRS"]), sharpness)).mean(),
+    }
+    sigma_terms = []
+    for wave, (lo, hi) in bounds.items():
+        sigma = params[wave]["sigma"]
+        penalty = _hinge(lo - sigma, sharpness / lo) + _hinge(sigma - hi, sharpness / hi)
+        sigma_terms.append((gate[wave] * penalty).mean())
+    terms["sigma"] = torch.stack(sigma_terms).sum()
+    return torch.stack(list(terms.values())).sum(), terms
