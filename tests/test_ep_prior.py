@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bioexp.evaluate import evaluate
 from bioexp.tasks.ep_prior import EPPrior
 from bioexp.train import train
 from tests.conftest import compose_cfg, data_overrides
@@ -43,6 +44,13 @@ def test_each_study_experiment_trains_tests_and_evaluates(tmp_path, synth_root, 
     model = EPPrior.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     x = torch.randn(2, 12, 100)
     assert model.eval().embed(x).shape == (2, 256)
+    if experiment == "ep_prior":  # evaluating the best checkpoint again reproduces the post-test tables
+        cfg = compose_cfg([f"ckpt_path={summary['best_checkpoint']}", "callbacks=ssl_eval", "trainer=cpu",
+                           "callbacks.embedding_probe.ks=[10]", "callbacks.embedding_probe.seeds=[0]"],
+                          tmp_path / "eval", config_name="eval")
+        evaluate(cfg)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "few_shot.csv"), few_shot)
+        assert json.loads((tmp_path / "eval" / "interpretability.json").read_text()) == pytest.approx(result)
 
 
 def test_reconstruction_loss_falls_when_overfitting_a_batch(tmp_path, synth_root):

@@ -212,7 +212,7 @@ def test_collect_results_nothing_to_collect(tmp_path: Path, caplog: pytest.LogCa
     write_job(sweep, 0, "EP-Prior", None)
     write_job(sweep, 1, "baseline", None)
     callback = CollectResults(metric="auprc")
-    with caplog.at_level(logging.WARNING, logger="bioexp.utils.collect"):
+    with caplog.at_level(logging.INFO, logger="bioexp.utils.collect"):
         callback.on_multirun_end(config=sweep_config(sweep))
         callback.on_multirun_end(config=sweep_config(tmp_path / "missing"))
         callback.on_multirun_end(config=OmegaConf.create({}))  # no hydra.sweep.dir at all

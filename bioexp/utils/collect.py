@@ -103,7 +103,7 @@ class CollectResults(Callback):
                 continue
             tables.setdefault(self._group(job_dir), []).append(pd.read_csv(job_dir / self.filename, dtype={"k": str}))
         if not tables:
-            log.warning("CollectResults: none of %d job(s) under %s wrote %s; nothing written", len(job_dirs),
+            log.info("CollectResults: none of %d job(s) under %s wrote %s; nothing written", len(job_dirs),
                         sweep_dir, self.filename)
             return None
         table = comparison_table({group: pool_jobs(t) for group, t in tables.items()}, metric=self.metric)
