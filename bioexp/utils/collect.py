@@ -1,14 +1,8 @@
 """Hydra callback that turns a finished multirun of few-shot evaluations into the study's comparison table.
 
-Configure it under ``hydra.callbacks`` (not the ``callbacks`` group, which holds Lightning callbacks)::
-
-    hydra:
-      callbacks:
-        collect_results:
-          _target_: bioexp.utils.collect.CollectResults
-          filename: few_shot.csv
-          group_by: task_name
-          metric: auroc
+It is on for every multirun (``hydra.callbacks.collect_results`` in ``conf/hydra/default.yaml``, not
+the ``callbacks`` group, which holds Lightning callbacks); a multirun whose jobs wrote no
+``few_shot.csv`` (e.g. a supervised Optuna sweep) just logs that there was nothing to compare.
 """
 
 from __future__ import annotations
