@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 RECORD_SECONDS = 10
 NORMALIZATIONS = ("record", "train", "none")
-DOWNLOAD_HINT = (
-    "download PTB-XL (3 GB) with `aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/ {root}` "
-    "(or from https://physionet.org/content/ptb-xl/1.0.3/), or use the synthetic copy: `data=ptbxl_synth`, "
-    "or write one with `python -m bioexp.data.synth ptbxl --out {root}`")
+DOWNLOAD = ("download PTB-XL (3 GB) with `aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/ {root}` "
+            "(or from https://physionet.org/content/ptb-xl/1.0.3/)")
+DOWNLOAD_HINT = (DOWNLOAD + ", or use the synthetic copy: `data=ptbxl_synth`, "
+                 "or write one with `python -m bioexp.data.synth ptbxl --out {root}`")
 
 
 def load_database(root: str | Path) -> pd.DataFrame:
@@ -190,7 +190,7 @@ class PTBXLDataModule(L.LightningDataModule):
             if frac > self.hparams.max_missing_frac:
                 raise BioexpError(
                     f"{len(cache.errors)} of {len(files)} PTB-XL records are missing or unreadable ({first}); "
-                    f"re-download them ({DOWNLOAD_HINT.format(root=self.root).split(', or')[0]}) "
+                    f"re-download them ({DOWNLOAD.format(root=self.root)}) "
                     f"or raise data.max_missing_frac (now {self.hparams.max_missing_frac})")
             log.warning("PTB-XL: skipping %d of %d records that are missing or unreadable (%s)",
                         len(cache.errors), len(files), first)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bioexp.errors import BioexpError
+from bioexp.errors import BioexpError, NonFiniteError
 
 log = logging.getLogger("bioexp")
 T = TypeVar("T")
@@ -88,8 +88,6 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 def checked_objective(value: float | None, name: str | None) -> float | None:
     """The value returned to a sweeper: never NaN/inf (it would crash the Optuna sweep)."""
-    from bioexp.errors import NonFiniteError
-
     if name is None:
         return None
     if value is None:
