@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) -m bioexp.bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bioexp tests
+	$(VENV)/bin/ruff check bioexp tests hydra_plugins
 
 clean-runs:
 	rm -rf outputs multirun

@@ -25,7 +25,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bioexp.utils import run
+    from bioexp.utils import dashboards, run
 
     run.route_lightning_logs()
     if cfg.get("seed") is not None:
@@ -42,13 +42,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
             run.print_config(cfg, out)
 
     model = run.build_task(cfg.model)
-    loggers = run.instantiate_group(cfg.get("logger"))
+    loggers = dashboards.start_loggers(cfg.get("logger"))
     callbacks = run.instantiate_group(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hparams)
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
@@ -70,6 +71,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
                "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None}
     if trainer.is_global_zero:
         run.write_json(out / "metrics.json", summary)
+        dashboards.publish_results(loggers, hparams, metrics, (name, value))
         run.log.info("Run dir: %s (%s = %s)", out, name, value)
     return summary, value
 

@@ -120,7 +120,7 @@ def test_optuna_sweep_runs_and_survives_failing_and_nan_trials(tmp_path: Path, s
     search.mkdir(parents=True)
     (search / "failing.yaml").write_text("""# @package _global_
 defaults:
-  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper: bioexp_optuna
   - override /hydra/sweeper/sampler: random
 optimized_metric: val/auroc
 hydra:
@@ -138,10 +138,10 @@ hydra:
                       "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert "Failed experiment: training loss became nan" in log
-    assert "Invalid learning rate: -1.0" in log
+    assert "failed (NonFiniteError: training loss became nan" in log
+    assert "failed (ValueError: Invalid learning rate: -1.0); the sweep goes on" in log
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    assert best["best_params"] == {"model.optimizer.lr": 0.003}
+    assert best["best_params"] == {"model.optimizer.lr": 0.003} and best["n_failed"] == 2
     assert 0.0 <= best["best_value"] <= 1.0
     assert len(list((tmp_path / "sweep").glob("[0-9]*/metrics.json"))) == 1
 

@@ -99,6 +99,7 @@ def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path):
     ({"label_set": "bogus"}, "unknown data.label_set 'bogus'"),
     ({"sampling_rate": 250}, "data.sampling_rate must be 100 or 500"),
     ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, none"),
+    ({"window_baseline": "mean"}, "unknown data.window_baseline 'mean'; choose none or median"),
 ])
 def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(BioexpError, match=message):
@@ -116,3 +117,12 @@ def test_beat_aligned_windows_centre_one_beat(synth_root: Path, tmp_path: Path):
     x_train, _ = dm.datasets["train"][(0, 5)]
     assert x_train.shape == (12, 100)
     assert len(truth) == len(loader_ds) and {"pr_ms", "qt_ms"} <= set(truth.columns)
+
+
+def test_window_baseline_removes_each_leads_isoelectric_level(synth_root: Path, tmp_path: Path):
+    kwargs = {"crop_seconds": 1.0, "crop_align": "beat", "eval_crop": True}
+    raw = _dm(synth_root, tmp_path, **kwargs).eval_dataloader("val").dataset[3][0].numpy()
+    centred = _dm(synth_root, tmp_path, window_baseline="median", **kwargs).eval_dataloader("val").dataset[3][0].numpy()
+    assert np.abs(np.median(raw, axis=-1)).max() > 0.05  # record z-scoring leaves a per-window offset ...
+    np.testing.assert_allclose(np.median(centred, axis=-1), 0.0, atol=1e-6)  # ... which this removes
+    np.testing.assert_allclose(centred, raw - np.median(raw, axis=-1, keepdims=True), atol=1e-6)

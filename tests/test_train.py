@@ -96,4 +96,31 @@ def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth
                      b"plots/learning_curves", b"smoke"):
         assert expected in stream, expected
     assert list((runs[0] / "files" / "media" / "images").glob("plots/learning_curves*.png"))
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert b"best/val/loss" in stream  # the best epoch's value of the optimised metric, in the run summary
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert "final/test/auroc" in events.Tags()["scalars"]  # with the run's hyperparameters, for the hparams tab
+    assert events.PluginTagToContent("hparams")
+
+
+@pytest.mark.slow  # waits out W&B's connection timeout
+def test_unreachable_wandb_server_falls_back_to_offline(monkeypatch, tmp_path: Path, caplog):
+    from lightning.pytorch.loggers import WandbLogger
+    from omegaconf import OmegaConf
+
+    from bioexp.utils.dashboards import start_loggers
+
+    for key, value in {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "3",
+                       "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    group = OmegaConf.create({"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(tmp_path),
+                                        "offline": False, "project": "bioexp"}})
+    with caplog.at_level("WARNING", logger="bioexp.utils.dashboards"):
+        [logger] = start_loggers(group)
+    assert isinstance(logger, WandbLogger) and logger._offline
+    assert "W&B unreachable" in caplog.text and "wandb sync" in caplog.text
+    logger.log_metrics({"val/loss": 1.0})
+    logger.experiment.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -11,6 +11,9 @@ from torch.utils.data import Dataset
 from bioexp.data.ecg_io import r_peaks
 
 
+WINDOW_BASELINES = ("none", "median")
+
+
 class CachedSignalDataset(Dataset):
     """``(signal [C, T], target)`` pairs read from rows of a ``[N, C, T]`` ``.npy`` memmap.
 
@@ -21,21 +24,27 @@ class CachedSignalDataset(Dataset):
     Training windows are random; with ``random_crop=False`` (evaluation) they are fixed: the
     centre, or the beat nearest the centre. Keys may be ``(index, item_seed)`` pairs from
     :class:`~bioexp.data.sampling.EpochSampler`, which make random windows reproducible; a plain
-    index draws them from torch's RNG.
+    index draws them from torch's RNG. ``window_baseline="median"`` subtracts each lead's median over
+    the window: in a beat-centred window that is the isoelectric line, so offsets and slow wander
+    are not left for a decoder's waves to model (EP-Prior's P wave otherwise widens into a baseline).
     """
 
     def __init__(self, path: str | Path, rows: np.ndarray, targets: np.ndarray, crop: int | None = None,
                  normalize: str = "record", mean: np.ndarray | None = None, std: np.ndarray | None = None,
-                 align: str = "random", fs: float = 100.0, beat_offset: float = 0.35, random_crop: bool = True) -> None:
+                 align: str = "random", fs: float = 100.0, beat_offset: float = 0.35, random_crop: bool = True,
+                 window_baseline: str = "none") -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
         if align not in ("random", "beat"):
             raise ValueError(f"unknown crop alignment {align!r}; choose random or beat")
+        if window_baseline not in WINDOW_BASELINES:
+            raise ValueError(f"unknown window baseline {window_baseline!r}; choose {' or '.join(WINDOW_BASELINES)}")
         self.path = Path(path)
         self.rows = np.asarray(rows)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
         self.crop, self.normalize, self.mean, self.std = crop, normalize, mean, std
         self.align, self.fs, self.beat_offset, self.random_crop = align, fs, beat_offset, random_crop
+        self.window_baseline = window_baseline
         self._signals: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -60,6 +69,8 @@ class CachedSignalDataset(Dataset):
         if self.crop is not None and self.crop < x.shape[-1]:
             start = self.window_start(x, item_seed)
             x = x[:, start : start + self.crop]
+        if self.window_baseline == "median":
+            x = x - np.median(x, axis=-1, keepdims=True)
         return torch.from_numpy(np.ascontiguousarray(x)), self.targets[i]
 
     def window_start(self, x: np.ndarray, item_seed: int | None = None) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
-from bioexp.data.datasets import CachedSignalDataset
+from bioexp.data.datasets import WINDOW_BASELINES, CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
 from bioexp.data.sampling import EpochSampler
 from bioexp.errors import BioexpError, DataNotFoundError
@@ -99,7 +99,8 @@ class PTBXLDataModule(L.LightningDataModule):
     it is absent, so a first run needs no download. ``crop_seconds`` trains on random windows (the
     benchmark uses 2.5 s); validation and test see the whole 10 s record unless ``eval_crop``
     (then a fixed window of the same length). ``crop_align="beat"`` starts every window
-    ``beat_offset_seconds`` before an R peak, for models of one beat (EP-Prior). Training order and
+    ``beat_offset_seconds`` before an R peak, for models of one beat (EP-Prior); ``window_baseline``
+    then removes each window's isoelectric level. Training order and
     crops depend only on ``seed`` and the epoch (see :mod:`bioexp.data.sampling`).
     """
 
@@ -109,7 +110,8 @@ class PTBXLDataModule(L.LightningDataModule):
                  val_folds: tuple[int, ...] = (9,), test_folds: tuple[int, ...] = (10,), min_samples: int = 0,
                  max_missing_frac: float = 0.01, cache_dir: str | None = None, decode_workers: int = 2,
                  synthesize: dict | None = None, seed: int = 0, crop_align: str = "random",
-                 eval_crop: bool = False, beat_offset_seconds: float = 0.35) -> None:
+                 eval_crop: bool = False, beat_offset_seconds: float = 0.35,
+                 window_baseline: str = "none") -> None:
         super().__init__()
         if label_set not in LABEL_SETS:
             raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
@@ -117,6 +119,8 @@ class PTBXLDataModule(L.LightningDataModule):
             raise BioexpError(f"data.sampling_rate must be 100 or 500 (PTB-XL's two versions), got {sampling_rate}")
         if crop_align not in ("random", "beat"):
             raise BioexpError(f"unknown data.crop_align {crop_align!r}; choose random or beat")
+        if window_baseline not in WINDOW_BASELINES:
+            raise BioexpError(f"unknown data.window_baseline {window_baseline!r}; choose {' or '.join(WINDOW_BASELINES)}")
         if eval_crop and crop_seconds is None:
             raise BioexpError("data.eval_crop needs data.crop_seconds (the window length)")
         if normalize not in NORMALIZATIONS:
@@ -222,7 +226,7 @@ class PTBXLDataModule(L.LightningDataModule):
         crop = self.crop_length if (random_crop or hp.eval_crop) else None
         return CachedSignalDataset(self._signals_cache().path, rows, y, crop, hp.normalize, mean, std,
                                    align=hp.crop_align, fs=hp.sampling_rate, beat_offset=hp.beat_offset_seconds,
-                                   random_crop=random_crop)
+                                   random_crop=random_crop, window_baseline=hp.window_baseline)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """``split`` in fixed order with evaluation windows: for embeddings (probes) and analyses."""

@@ -1,12 +1,13 @@
-"""Hydra callback that turns a finished multirun of few-shot evaluations into the study's comparison table.
+"""Hydra callbacks that turn a finished multirun into tables: the few-shot comparison and the seed summary.
 
-It is on for every multirun (``hydra.callbacks.collect_results`` in ``conf/hydra/default.yaml``, not
+Both are on for every multirun (``hydra.callbacks.collect_results`` in ``conf/hydra/default.yaml``, not
 the ``callbacks`` group, which holds Lightning callbacks); a multirun whose jobs wrote no
 ``few_shot.csv`` (e.g. a supervised Optuna sweep) just logs that there was nothing to compare.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,47 @@ class CollectResults(Callback):
             log.warning("CollectResults: %s has no %s; grouping it as %r", job_dir, self.group_by, job_dir.name)
             return job_dir.name
         return str(value)
+
+
+class SeedSummary(Callback):
+    """At the end of a multirun over ``seed=``: mean ± std (over seeds) of every final metric, per configuration.
+
+    Jobs are grouped by their overrides other than ``seed``; each job's final metrics come from its
+    ``metrics.json``. Writes ``seed_summary.csv`` (``<metric>_mean``/``_std`` columns, ``n_seeds``) and
+    ``seed_summary.md`` (``mean ± std``) to the sweep dir and logs the table. A multirun that does not sweep
+    ``seed`` writes nothing. Never raises.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.summarize(Path(str(config.hydra.sweep.dir)))
+        except Exception as err:
+            log.warning("SeedSummary: no seed summary (%s: %s)", type(err).__name__, err)
+
+    def summarize(self, sweep_dir: Path) -> pd.DataFrame | None:
+        """Build, write and log the table; None when fewer than two seeds finished."""
+        rows = []
+        for job_dir in sorted(sweep_dir.glob("*"), key=_job_order):
+            overrides_file, metrics_file = job_dir / ".hydra" / "overrides.yaml", job_dir / "metrics.json"
+            if not (overrides_file.is_file() and metrics_file.is_file()):
+                continue
+            overrides = [str(o) for o in OmegaConf.load(overrides_file)]
+            if not any(o.startswith("seed=") for o in overrides):
+                continue
+            others = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
+            rows.append({"config": others, **json.loads(metrics_file.read_text())["metrics"]})
+        if len(rows) < 2:
+            return None
+        groups = pd.DataFrame(rows).groupby("config", sort=False)
+        means, stds = groups.mean(numeric_only=True), groups.std(numeric_only=True, ddof=1)
+        table = means.add_suffix("_mean").join(stds.add_suffix("_std"))
+        table = table[[f"{m}_{s}" for m in means.columns for s in ("mean", "std")]]
+        table["n_seeds"] = groups.size()
+        table.to_csv(sweep_dir / "seed_summary.csv")
+        shown = pd.DataFrame({m: [f"{a:.4g} ± {b:.2g}" for a, b in zip(means[m], stds[m].fillna(0), strict=True)]
+                              for m in means.columns}, index=means.index).T
+        markdown = to_markdown(shown)
+        (sweep_dir / "seed_summary.md").write_text(markdown, encoding="utf-8")
+        log.info("Seed summary (mean ± std over seeds, %s): wrote %s\n%s",
+                 ", ".join(f"{c}: {n}" for c, n in table["n_seeds"].items()), sweep_dir / "seed_summary.csv", markdown)
+        return table
