@@ -1,11 +1,13 @@
-"""Self-supervised losses: SimCLR's NT-Xent and EP-Prior's electrophysiology constraints (pure torch)."""
+"""Self-supervised losses: SimCLR's NT-Xent, EP-Prior's electrophysiology constraints, multi-resolution STFT."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from bioexp.errors import BioexpError
 
 DEFAULT_SIGMA_BOUNDS: dict[str, tuple[float, float]] = {"P": (0.003, 0.025), "QRS": (0.002, 0.020),
                                                          "T": (0.005, 0.040)}
@@ -69,3 +71,34 @@ def ep_constraint_loss(params: Mapping[str, Mapping[str, torch.Tensor]], pr_min:
         sigma_terms.append((gate[wave] * penalty).mean())
     terms["sigma"] = torch.stack(sigma_terms).sum()
     return torch.stack(list(terms.values())).sum(), terms
+
+
+def stft_log_magnitude(x: torch.Tensor, n_fft: int, hop: int, eps: float = 1e-5) -> torch.Tensor:
+    """``log(max(|STFT|, eps))`` of ``x [..., L]`` with a periodic Hann window of ``n_fft`` samples.
+
+    Frames are centred with reflect padding of ``n_fft // 2`` on both sides (torch's default), so an FFT
+    longer than the signal still works (2048 on a 1250-sample window: 3 frames) as long as the padding is
+    shorter than the signal; a shorter signal cannot be reflected and is refused with a clear message.
+    """
+    length = x.shape[-1]
+    if n_fft // 2 >= length:
+        raise BioexpError(f"window of {length} samples is too short for an FFT size of {n_fft} (reflect padding "
+                          f"needs more than {n_fft // 2} samples); use smaller FFT sizes or longer windows")
+    window = torch.hann_window(n_fft, device=x.device, dtype=torch.float32)
+    spec = torch.stft(x.reshape(-1, length).float(), n_fft, hop_length=hop, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)
+    return spec.abs().clamp_min(eps).log()
+
+
+def multi_resolution_stft_loss(x_hat: torch.Tensor, x: torch.Tensor, fft_sizes: Sequence[int] = (512, 1024, 2048),
+                               hop_sizes: Sequence[int] = (128, 256, 512), eps: float = 1e-5) -> torch.Tensor:
+    """Mean over resolutions of the L1 distance between log-magnitude spectrograms (Parallel WaveGAN style).
+
+    Computed in float32 with autocast off (half-precision STFTs lose the small magnitudes the log amplifies).
+    """
+    if len(fft_sizes) != len(hop_sizes) or not fft_sizes:
+        raise BioexpError(f"need one hop size per FFT size, got {list(fft_sizes)} and {list(hop_sizes)}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        losses = [F.l1_loss(stft_log_magnitude(x_hat, n, h, eps), stft_log_magnitude(x, n, h, eps))
+                  for n, h in zip(fft_sizes, hop_sizes, strict=True)]
+    return torch.stack(losses).mean()
