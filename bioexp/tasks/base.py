@@ -18,8 +18,8 @@ class Task(L.LightningModule):
 
     Keeping only primitive containers in ``hparams`` is what lets ``Task.load_from_checkpoint``
     rebuild the model with ``weights_only=True`` and without the Hydra config that trained it.
-    ``scheduler`` may say ``total_steps: auto`` (filled from the trainer) and ``interval``
-    (``epoch`` or ``step``).
+    ``scheduler`` may say ``total_steps: auto`` (filled from the trainer), ``interval``
+    (``epoch`` or ``step``) and ``monitor`` (the metric a ReduceLROnPlateau steps on).
     """
 
     def __init__(self, optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None) -> None:
@@ -33,10 +33,14 @@ class Task(L.LightningModule):
             return optimizer
         config = dict(self.scheduler_config)
         interval = config.pop("interval", "epoch")
+        monitor = config.pop("monitor", None)  # ReduceLROnPlateau steps on a logged metric
         if config.get("total_steps") == "auto":
             config["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = build(config, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        lr_scheduler = {"scheduler": scheduler, "interval": interval}
+        if monitor is not None:
+            lr_scheduler["monitor"] = monitor
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record which classes to rebuild, so ``bioexp.evaluate`` needs only the checkpoint."""

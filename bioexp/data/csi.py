@@ -1,0 +1,322 @@
+"""CSI-Predictor data: chest X-rays with a congestion score (0-3, or ungradable) per lung zone.
+
+Reads the cohort's layout unchanged: a ``;``-separated labels CSV
+(``FileID;right_sup;left_sup;right_mid;left_mid;right_inf;left_inf``, optionally a patient
+column) and an image folder holding each ``FileID`` as NIfTI (``.nii.gz``/``.nii``, float32, stored
+transposed and mirrored as the cohort's converter wrote them), PNG/JPEG or DICOM. A blank score
+means ungradable and becomes class 4 ("unknown"). Rows with a score outside 0-3, a missing image or
+an unreadable file are skipped and reported. Images are decoded once, scaled to [0, 1] and resized
+to the backbone's input size into a ``.npy`` memmap cache (see :mod:`bioexp.data.cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
+from bioexp.data.base import SplitDataModule
+from bioexp.data.synth.csi import ZONES
+from bioexp.errors import BioexpError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = 4  # class index of an ungradable zone
+EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm")
+# Per-channel mean/std the pretrained backbones were trained with (RadDINO: its image processor's).
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "raddino": ((0.5307,) * 3, (0.2583,) * 3),
+    "zscore": None,  # per image
+    "minmax": None,  # [0, 1] as cached
+}
+HINT = ("point data.root at a folder holding {labels} and {images}/, or use the synthetic copy "
+        "(`data=csi`, written on first use) or write one with `python -m bioexp.data.synth csi --out {root}`")
+
+
+def read_labels(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Labels CSV → table with integer zone classes (blank → :data:`UNKNOWN`) and the skipped rows' reasons."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"CSI labels not found: {path}")
+    table = pd.read_csv(path, sep=";", dtype=str, keep_default_na=False)
+    missing = [c for c in ("FileID", *ZONES) if c not in table.columns]
+    if missing:
+        raise BioexpError(f"{path} lacks the columns {missing}; expected a ';'-separated CSV with "
+                          f"FileID;{';'.join(ZONES)}")
+    table["FileID"] = table["FileID"].str.strip()
+    skipped: dict[str, str] = {}
+    raw = table[list(ZONES)].apply(lambda col: col.str.strip())
+    blank = raw.isin(["", "nan", "NaN", "NA", "None"])
+    values = raw.apply(pd.to_numeric, errors="coerce")
+    bad = ~blank & ~values.isin([0, 1, 2, 3])
+    for i in np.flatnonzero(bad.any(axis=1).to_numpy()):
+        cols = [z for z in ZONES if bad.iloc[i][z]]
+        skipped[table["FileID"].iat[i]] = f"score outside 0-3 in {', '.join(f'{c}={raw.iloc[i][c]!r}' for c in cols)}"
+    duplicated = table["FileID"].duplicated()
+    for file_id in table.loc[duplicated, "FileID"]:
+        skipped.setdefault(file_id, "FileID appears more than once (first row kept)")
+    keep = ~bad.any(axis=1) & ~duplicated & (table["FileID"] != "")
+    table = table[keep].reset_index(drop=True)
+    table[list(ZONES)] = values[keep].fillna(UNKNOWN).astype(int).to_numpy()
+    return table, skipped
+
+
+def find_image(images_dir: str | Path, file_id: str) -> Path:
+    """The image file of ``file_id``: the name itself if it has an extension, else the first of :data:`EXTENSIONS`."""
+    images_dir = Path(images_dir)
+    if file_id.lower().endswith(EXTENSIONS) and (images_dir / file_id).is_file():
+        return images_dir / file_id
+    for ext in EXTENSIONS:
+        path = images_dir / f"{file_id}{ext}"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{file_id}: no image in {images_dir} (tried {', '.join(EXTENSIONS)})")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A grayscale image ``[rows, cols]`` (float32, raw intensities), rows top to bottom."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        data = np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+        data = data.reshape(data.shape[:2]) if data.ndim > 2 and data.size == data.shape[0] * data.shape[1] else data
+        if data.ndim != 2:
+            raise ValueError(f"{path.name}: NIfTI of shape {data.shape}, expected one 2-D image")
+        return np.ascontiguousarray(np.fliplr(data.T))  # the cohort's converter stored it transposed, mirrored
+    if name.endswith(".dcm"):
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        data = ds.pixel_array.astype(np.float32)
+        data = data * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # bright = air: invert
+            data = data.max() - data
+        return data if data.ndim == 2 else data[..., 0]
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("F" if img.mode.startswith("I") else "L"), dtype=np.float32)
+
+
+def decode_image(images_dir: str, size: int, file_id: str) -> np.ndarray:
+    """Find, read, scale to [0, 1] (min-max) and resize to ``size``² (antialiased bilinear)."""
+    data = read_image(find_image(images_dir, file_id))
+    if not np.isfinite(data).all():
+        raise ValueError(f"{file_id}: image holds NaN or infinite values")
+    lo, hi = float(data.min()), float(data.max())
+    data = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
+    x = torch.from_numpy(np.ascontiguousarray(data))[None, None]
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0, 0].clamp(0, 1).numpy()
+
+
+def csi_average(targets: np.ndarray) -> np.ndarray:
+    """Mean score of each image's gradable zones (NaN when none is gradable)."""
+    gradable = targets != UNKNOWN
+    total = np.where(gradable, targets, 0).sum(axis=1)
+    count = gradable.sum(axis=1)
+    return np.divide(total, count, out=np.full(len(targets), np.nan), where=count > 0)
+
+
+def strata(targets: np.ndarray) -> np.ndarray:
+    """Stratification key per image: CSI average band (AHF class) x presence of an ungradable zone."""
+    avg = csi_average(targets)
+    band = np.where(np.isnan(avg), 3, np.digitize(np.nan_to_num(avg), [1.3, 2.2], right=True))
+    return band * 2 + (targets == UNKNOWN).any(axis=1)
+
+
+def split_indices(targets: np.ndarray, groups: np.ndarray | None, fractions: tuple[float, float, float],
+                  seed: int) -> dict[str, np.ndarray]:
+    """Seeded stratified train/val/test split of the rows; whole patients go to one split when ``groups``."""
+    from sklearn.model_selection import train_test_split
+
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise BioexpError(f"data.split must be three positive fractions summing to 1, got {list(fractions)}")
+    keys = strata(targets)
+    groups = np.arange(len(targets)) if groups is None else np.asarray(groups)
+    units, first = np.unique(groups, return_index=True)
+    unit_keys = keys[first]  # a patient is stratified by their first image
+    if len(units) < 3:
+        raise BioexpError(f"only {len(units)} usable patients/images; the split needs at least 3")
+    rest = fractions[1] + fractions[2]
+
+    def split(items: np.ndarray, labels: np.ndarray, test_size: float, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        try:  # stratify if every stratum has two members, else split at random
+            return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset, stratify=labels))
+        except ValueError:
+            return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset))
+
+    order = np.arange(len(units))
+    train_u, rest_u = split(order, unit_keys, rest, 0)
+    val_u, test_u = split(rest_u, unit_keys[rest_u], fractions[2] / rest, 1)
+    split_of = {}
+    for name, chosen in (("train", train_u), ("val", val_u), ("test", test_u)):
+        split_of[name] = np.flatnonzero(np.isin(groups, units[chosen]))
+    return split_of
+
+
+class CSIDataset(Dataset):
+    """``(image [3, S, S], zone classes [6])`` from rows of the decoded-image memmap.
+
+    Keys may be ``(index, item_seed)`` from :class:`~bioexp.data.sampling.EpochSampler`: the
+    augmentation then depends on that seed alone (reproducible, resumable).
+    """
+
+    def __init__(self, path: str | Path, rows: np.ndarray, targets: np.ndarray, normalize: str = "imagenet",
+                 augment: dict[str, Any] | None = None) -> None:
+        if normalize not in NORMALIZATIONS:
+            raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.path, self.rows = Path(path), np.asarray(rows)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.normalize, self.augment = normalize, augment
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(self.path, mmap_mode="r")
+        return self._images
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, item_seed = key if isinstance(key, tuple) else (key, None)
+        x = torch.from_numpy(np.array(self.images[self.rows[i]], dtype=np.float32))[None]
+        if self.augment:
+            seed = item_seed if item_seed is not None else int(torch.randint(0, 2**62, ()).item())
+            x = augment_image(x, np.random.default_rng(seed), **self.augment)
+        x = x.expand(3, -1, -1)
+        stats = NORMALIZATIONS[self.normalize]
+        if stats is not None:
+            mean, std = (torch.tensor(s).view(3, 1, 1) for s in stats)
+            x = (x - mean) / std
+        elif self.normalize == "zscore":
+            x = (x - x.mean()) / (x.std() + 1e-6)
+        return x.contiguous(), self.targets[i]
+
+
+def augment_image(x: torch.Tensor, rng: np.random.Generator, rotate: float = 5.0, translate: float = 0.05,
+                  scale: tuple[float, float] = (0.95, 1.05), brightness: float = 0.1,
+                  contrast: float = 0.1) -> torch.Tensor:
+    """Light augmentation of a [1, S, S] image in [0, 1]: small affine jitter, brightness and contrast.
+
+    No horizontal flip: it would swap the right and left zones.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    size = x.shape[-1]
+    shift = [int(round(rng.uniform(-translate, translate) * size)) for _ in range(2)]
+    x = F.affine(x, angle=float(rng.uniform(-rotate, rotate)), translate=shift,
+                 scale=float(rng.uniform(*scale)), shear=[0.0, 0.0], interpolation=F.InterpolationMode.BILINEAR)
+    mean = x.mean()
+    x = (x - mean) * float(rng.uniform(1 - contrast, 1 + contrast)) + mean
+    return (x + float(rng.uniform(-brightness, brightness))).clamp(0, 1)
+
+
+class CSIDataModule(SplitDataModule):
+    """Six-zone CSI data with a seeded, stratified 70/15/15 split (by patient when a patient column exists).
+
+    ``synthesize`` (e.g. ``{images: 600, seed: 0}``) writes a synthetic cohort at ``root`` when it
+    is absent (:mod:`bioexp.data.synth.csi`), so a first run needs no data.
+    """
+
+    def __init__(self, root: str, labels_file: str = "labels.csv", images_dir: str = "images",
+                 patient_column: str | None = "PatientID", image_size: int = 224, normalize: str = "imagenet",
+                 augment: dict[str, Any] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                 split_seed: int = 0, batch_size: int = 32, num_workers: int = 4, pin_memory: bool = True,
+                 cache_dir: str | None = None, decode_workers: int = 2, synthesize: dict | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if normalize not in NORMALIZATIONS:
+            raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser().resolve()  # one spelling: the cache key hashes the image paths
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".bioexp_cache"
+        self._table: pd.DataFrame | None = None
+        self._cache: ArrayCache | None = None
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"num_zones": len(ZONES), "num_classes": UNKNOWN + 1}
+
+    def _ensure_root(self) -> None:
+        hp = self.hparams
+        if (self.root / hp.labels_file).is_file() or not hp.synthesize:
+            return
+        from bioexp.data.synth.csi import generate_csi
+
+        log.info("No CSI data at %s: writing a synthetic cohort (%s)", self.root, hp.synthesize)
+        generate_csi(self.root, **hp.synthesize)
+
+    def prepare_data(self) -> None:
+        self._images_cache()
+
+    def table(self) -> pd.DataFrame:
+        """The usable rows (valid scores, readable image), in cache order."""
+        self._images_cache()
+        assert self._table is not None
+        return self._table
+
+    def _images_cache(self) -> ArrayCache:
+        if self._cache is not None:
+            return self._cache
+        hp = self.hparams
+        self._ensure_root()
+        labels_path = self.root / hp.labels_file
+        if not labels_path.is_file():
+            raise DataNotFoundError(f"CSI labels not found: {labels_path}; "
+                                    + HINT.format(labels=hp.labels_file, images=hp.images_dir, root=self.root))
+        table, skipped = read_labels(labels_path)
+        images_dir = self.root / hp.images_dir
+        ids = table["FileID"].tolist()
+        fingerprint = file_fingerprint([labels_path, *(images_dir / i for i in ids)])
+        cache = cached_stack(self.cache_dir, f"csi-{hp.image_size}px", ids, (hp.image_size, hp.image_size),
+                             partial(decode_image, str(images_dir), hp.image_size), fingerprint, hp.decode_workers)
+        total = len(ids) + len(skipped)
+        skipped.update(cache.errors)
+        self.skipped = skipped
+        first = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+        if skipped:
+            log.warning("CSI: skipping %d of %d labelled images (%s)", len(skipped), total, first)
+        self._table = table.assign(row=np.arange(len(table)))[cache.valid].reset_index(drop=True)
+        if self._table.empty:
+            raise BioexpError(f"no usable image in {self.root}: {len(skipped)} of {total} rows skipped ({first}); "
+                              + HINT.format(labels=hp.labels_file, images=hp.images_dir, root=self.root))
+        self._cache = cache
+        return cache
+
+    def split_rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Cache rows and zone targets ``[N, 6]`` of each split."""
+        hp = self.hparams
+        table = self.table()
+        targets = table[list(ZONES)].to_numpy()
+        groups = table[hp.patient_column].to_numpy() if hp.patient_column in table.columns else None
+        split = split_indices(targets, groups, tuple(hp.split), hp.split_seed)
+        return {name: (table["row"].to_numpy()[idx], targets[idx]) for name, idx in split.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        path = self._images_cache().path
+        self.datasets = {name: CSIDataset(path, rows, y, hp.normalize, hp.augment if name == "train" else None)
+                         for name, (rows, y) in self.split_rows().items()}
+        for name, ds in self.datasets.items():
+            if len(ds) == 0:
+                raise BioexpError(f"the {name} split is empty ({len(self.table())} usable images); "
+                                  "add images or change data.split")
+
