@@ -1,0 +1,386 @@
+"""Cardiac ultrasound probe-guidance transitions (Cardiac Dreamer's format), split by patient.
+
+``<root>/<patient>/transitions_dataset.json`` is a list of transitions: ``ft1_image_path`` and
+``ft2_image_path`` (relative to the patient folder; Windows backslashes accepted), ``at1_6dof`` (the
+action from frame t1 to the target view), ``action_change_6dof`` (the probe's move from t1 to t2) and
+``at2_6dof`` (t2 to the target), each ``[x, y, z, roll, pitch, yaw]`` in mm and degrees; frame ids are
+optional. Images are grayscale PNGs, resized to ``image_size``.
+
+Splits are by patient, never by sample: automatic 70/15/15 (seeded; balanced by sample count from
+6 patients on), manual lists, or fold ``fold`` of a ``num_folds`` patient cross-validation. Action
+normalisation statistics come from the training patients only; they reach the model through
+``dims`` (so they are saved in its checkpoint) and ``statistics()`` (``dataset_stats.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from bioexp import se3
+from bioexp.data.base import SplitDataModule
+from bioexp.errors import BioexpError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+JSON_NAME = "transitions_dataset.json"
+PATH_KEYS = ("ft1_image_path", "ft2_image_path")
+VECTOR_KEYS = ("at1_6dof", "action_change_6dof", "at2_6dof")
+SPLITS = ("train", "val", "test")
+BALANCED_FROM = 6  # patients; fewer are split by patient count
+SYNTH_HINT = ("write a synthetic one with `python -m bioexp.data.synth cardiac_us --out {root}` "
+              "or use `data=cardiac_us_synth`")
+
+
+@dataclass
+class Patient:
+    """One patient's transitions: absolute image paths and ``(n, 6)`` float32 action arrays."""
+
+    name: str
+    image_t1: list[Path]
+    image_t2: list[Path]
+    at1: np.ndarray
+    change: np.ndarray
+    at2: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_t1)
+
+
+def image_path(folder: Path, relative: str) -> Path:
+    """``relative`` (POSIX or Windows separators) under the patient ``folder``."""
+    return folder.joinpath(*PureWindowsPath(relative).parts)
+
+
+def read_patient(folder: str | Path) -> Patient:
+    """Parse and validate one patient folder's JSON; every problem names the file and the entry."""
+    folder = Path(folder)
+    path = folder / JSON_NAME
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing; every patient folder needs a {JSON_NAME}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BioexpError(f"{path} is not valid JSON ({exc}); fix or regenerate it") from exc
+    if not isinstance(rows, list) or not rows:
+        raise BioexpError(f"{path} must hold a non-empty JSON list of transitions")
+    images: dict[str, list[Path]] = {k: [] for k in PATH_KEYS}
+    vectors: dict[str, list[list[float]]] = {k: [] for k in VECTOR_KEYS}
+    for i, row in enumerate(rows):
+        where = f"{path} entry {i}"
+        if not isinstance(row, dict):
+            raise BioexpError(f"{where} is not an object with {', '.join(PATH_KEYS + VECTOR_KEYS)}")
+        missing = [k for k in PATH_KEYS + VECTOR_KEYS if k not in row]
+        if missing:
+            raise BioexpError(f"{where} lacks {', '.join(missing)}")
+        for key in PATH_KEYS:
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise BioexpError(f"{where}: {key} must be a non-empty path relative to {folder}")
+            images[key].append(image_path(folder, row[key].strip()))
+        for key in VECTOR_KEYS:
+            value = row[key]
+            if not (isinstance(value, list) and len(value) == 6
+                    and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                            for v in value)):
+                raise BioexpError(f"{where}: {key} must be 6 finite numbers [x, y, z, roll, pitch, yaw], got {value!r}")
+            vectors[key].append(value)
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}
+    return Patient(folder.name, images["ft1_image_path"], images["ft2_image_path"], arrays["at1_6dof"],
+                   arrays["action_change_6dof"], arrays["at2_6dof"])
+
+
+def find_patients(root: str | Path) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` that hold a transitions JSON."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"cardiac data not found: {root} does not exist; " + SYNTH_HINT.format(root=root))
+    names = sorted(p.name for p in root.iterdir() if (p / JSON_NAME).is_file())
+    if not names:
+        raise DataNotFoundError(f"no patient folder with a {JSON_NAME} under {root}; " + SYNTH_HINT.format(root=root))
+    return names
+
+
+def greedy_partition(order: Sequence[str], counts: dict[str, int], fractions: Sequence[float]) -> list[list[str]]:
+    """Partition patients into ``len(fractions)`` groups whose sample counts follow ``fractions``.
+
+    The first patients of ``order`` (seeded) open one group each, so no group is empty; the rest go,
+    largest first, to the group furthest below its share of all samples.
+    """
+    if len(order) < len(fractions):
+        raise BioexpError(f"{len(order)} patient(s) cannot fill {len(fractions)} patient groups")
+    total = sum(counts[n] for n in order)
+    groups = [[name] for name in order[: len(fractions)]]
+    sizes = [counts[name] for name in order[: len(fractions)]]
+    for name in sorted(order[len(fractions):], key=lambda n: -counts[n]):  # stable: ties keep the seeded order
+        deficits = [f * total - s for f, s in zip(fractions, sizes, strict=True)]
+        best = int(np.argmax(deficits))
+        groups[best].append(name)
+        sizes[best] += counts[name]
+    return [sorted(g) for g in groups]
+
+
+def auto_split(counts: dict[str, int], ratios: Sequence[float], seed: int) -> dict[str, list[str]]:
+    """Seeded train/val/test patient split: balanced by sample count from 6 patients, else by patients."""
+    names = sorted(counts)
+    if len(names) < 3:
+        raise BioexpError(f"an automatic split needs at least 3 patients, found {len(names)} ({', '.join(names)}); "
+                          "add patients or give data.train_patients/val_patients/test_patients")
+    if len(ratios) != 3 or min(ratios) <= 0:
+        raise BioexpError(f"data.split_ratios must be 3 positive numbers (train, val, test), got {list(ratios)}")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    fractions = [r / sum(ratios) for r in ratios]
+    if len(names) >= BALANCED_FROM:
+        return dict(zip(SPLITS, greedy_partition(order, counts, fractions), strict=True))
+    n_val, n_test = (max(1, round(f * len(names))) for f in fractions[1:])
+    n_train = len(names) - n_val - n_test
+    if n_train < 1:
+        n_val, n_train = n_val - 1, 1
+    cuts = np.cumsum([n_train, n_val])
+    return {s: sorted(part) for s, part in zip(SPLITS, np.split(np.asarray(order), cuts), strict=True)}
+
+
+def kfold_split(counts: dict[str, int], num_folds: int, fold: int, ratios: Sequence[float],
+                seed: int) -> dict[str, list[str]]:
+    """Fold ``fold``: its patient group is the test set; the others split train/val by ``ratios[:2]``."""
+    if not 0 <= fold < num_folds:
+        raise BioexpError(f"data.fold must be in 0..{num_folds - 1} (data.num_folds={num_folds}), got {fold}")
+    names = sorted(counts)
+    if len(names) < num_folds + 2:
+        raise BioexpError(f"{num_folds}-fold cross-validation needs at least {num_folds + 2} patients, "
+                          f"found {len(names)}; lower data.num_folds")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    groups = greedy_partition(order, counts, [1 / num_folds] * num_folds)
+    rest = [n for n in order if n not in groups[fold]]
+    train, val = greedy_partition(rest, counts, [ratios[0] / sum(ratios[:2]), ratios[1] / sum(ratios[:2])])
+    return {"train": train, "val": val, "test": groups[fold]}
+
+
+def manual_split(names: Sequence[str], lists: dict[str, Sequence[str] | None]) -> dict[str, list[str]]:
+    """User-given patient lists, checked: all three given, every name exists, no patient in two splits."""
+    if any(not lists[s] for s in SPLITS):
+        raise BioexpError("manual splits need data.train_patients, data.val_patients and data.test_patients "
+                          "(each a non-empty list)")
+    unknown = sorted({n for s in SPLITS for n in lists[s]} - set(names))
+    if unknown:
+        raise BioexpError(f"unknown patient(s) {', '.join(unknown)}; available: {', '.join(names)}")
+    split = {s: sorted(lists[s]) for s in SPLITS}
+    check_disjoint(split)
+    return split
+
+
+def check_disjoint(split: dict[str, list[str]]) -> None:
+    seen: dict[str, str] = {}
+    for stage, names in split.items():
+        for name in names:
+            if name in seen:
+                raise BioexpError(f"patient {name} is in both {seen[name]} and {stage}; a patient belongs to one split")
+            seen[name] = stage
+
+
+def action_stats(patients: Sequence[Patient]) -> dict[str, list[float]]:
+    """Per-axis mean/std of the actions to the target (at1 and at2 pooled) and of the probe moves."""
+    actions = np.concatenate([a for p in patients for a in (p.at1, p.at2)]).astype(np.float64)
+    changes = np.concatenate([p.change for p in patients]).astype(np.float64)
+
+    def rounded(x: np.ndarray) -> list[float]:
+        return [round(float(v), 6) for v in x]
+
+    return {"action_mean": rounded(actions.mean(0)), "action_std": rounded(np.maximum(actions.std(0), 1e-3)),
+            "change_mean": rounded(changes.mean(0)), "change_std": rounded(np.maximum(changes.std(0), 1e-3))}
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """A grayscale PNG as ``size`` x ``size`` uint8 (bilinear resize)."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("L").resize((size, size), Image.Resampling.BILINEAR))
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(f"image {path} is missing; check the paths in its {JSON_NAME}") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BioexpError(f"cannot read image {path} ({exc}); replace or remove the transition") from exc
+
+
+class TransitionDataset(Dataset):
+    """``(frame t1, frame t2, actions)`` items in physical units; the task normalises with saved stats.
+
+    Decoded images are kept (uint8) because consecutive transitions share frames.
+    """
+
+    def __init__(self, patients: Sequence[Patient], image_size: int) -> None:
+        self.image_size = image_size
+        self.index = [(p, i) for p in patients for i in range(len(p))]
+        self._images: dict[Path, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _image(self, path: Path) -> torch.Tensor:
+        if path not in self._images:
+            self._images[path] = load_image(path, self.image_size)
+        return torch.from_numpy(self._images[path]).float().div(255.0).unsqueeze(0)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index = item[0] if isinstance(item, tuple) else item  # EpochSampler yields (index, item seed)
+        patient, i = self.index[index]
+        return {"image_t1": self._image(patient.image_t1[i]), "image_t2": self._image(patient.image_t2[i]),
+                "at1": torch.from_numpy(patient.at1[i]), "action_change": torch.from_numpy(patient.change[i]),
+                "at2": torch.from_numpy(patient.at2[i]), "patient": patient.name}
+
+
+class CardiacUSDataModule(SplitDataModule):
+    """Patient-level splits of Cardiac Dreamer transitions (see the module docstring).
+
+    ``synthesize`` (e.g. ``{patients: 8, transitions: 80, size: 224, seed: 0}``) writes synthetic data at
+    ``root`` when it is missing or empty, so a first run needs no download.
+    """
+
+    def __init__(self, root: str, image_size: int = 224, batch_size: int = 16, num_workers: int = 4,
+                 persistent_workers: bool = True, pin_memory: bool = False,
+                 split_ratios: Sequence[float] = (0.7, 0.15, 0.15), train_patients: Sequence[str] | None = None,
+                 val_patients: Sequence[str] | None = None, test_patients: Sequence[str] | None = None,
+                 fold: int | None = None, num_folds: int = 5, seed: int = 0, synthesize: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self._patients: dict[str, Patient] | None = None
+        self._split: dict[str, list[str]] | None = None
+        self.datasets: dict[str, TransitionDataset] = {}
+
+    # -- patients and splits (JSON only, no images) --------------------------------------------
+    def _ensure_root(self) -> None:
+        empty = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
+        if not empty or not self.hparams.synthesize:  # never write over a folder that holds anything
+            return
+        from bioexp.data.synth.cardiac_us import generate_cardiac_us
+
+        log.info("No cardiac data at %s: writing a synthetic set (%s)", self.root, self.hparams.synthesize)
+        generate_cardiac_us(self.root, **self.hparams.synthesize, overwrite=self.root.exists())
+
+    @property
+    def patients(self) -> dict[str, Patient]:
+        if self._patients is None:
+            self._ensure_root()
+            self._patients = {name: read_patient(self.root / name) for name in find_patients(self.root)}
+        return self._patients
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        """Patient names per split, by the mode the config chose (manual lists, fold, or automatic)."""
+        if self._split is None:
+            hp = self.hparams
+            counts = {name: len(p) for name, p in self.patients.items()}
+            manual = {s: getattr(hp, f"{s}_patients") for s in SPLITS}
+            if any(manual.values()):
+                if hp.fold is not None:
+                    raise BioexpError("give either manual patient lists or data.fold, not both")
+                self._split = manual_split(sorted(counts), manual)
+            elif hp.fold is not None:
+                self._split = kfold_split(counts, hp.num_folds, hp.fold, hp.split_ratios, hp.seed)
+            else:
+                self._split = auto_split(counts, hp.split_ratios, hp.seed)
+            check_disjoint(self._split)
+        return self._split
+
+    @property
+    def action_stats(self) -> dict[str, list[float]]:
+        return action_stats([self.patients[n] for n in self.split["train"]])
+
+    @property
+    def dims(self) -> dict[str, Any]:
+        return {"image_size": self.hparams.image_size, "action_stats": self.action_stats}
+
+    def statistics(self) -> dict[str, Any]:
+        """Everything ``dataset_stats.json`` records: splits, counts, ratios, stats, the leakage check."""
+        split = self.split
+        samples = {s: sum(len(self.patients[n]) for n in names) for s, names in split.items()}
+        total = sum(samples.values())
+        members = [set(names) for names in split.values()]
+        overlap = sorted(set.union(*[a & b for i, a in enumerate(members) for b in members[i + 1:]]))
+        hp = self.hparams
+        mode = "manual" if hp.train_patients else f"fold {hp.fold} of {hp.num_folds}" if hp.fold is not None else "auto"
+        return {"root": str(self.root), "mode": mode, "seed": hp.seed, "patients": split,
+                "samples": samples, "sample_ratios": {s: round(n / total, 4) for s, n in samples.items()},
+                "samples_per_patient": {n: len(p) for n, p in self.patients.items()},
+                "patient_overlap": overlap, "no_patient_leakage": not overlap, "action_stats": self.action_stats,
+                "image_size": hp.image_size}
+
+    def preview(self, stage: str, count: int = 3) -> list[tuple[str, np.ndarray]]:
+        """``count`` t1 frames of ``stage`` (one per patient first, spread over each patient) for the figure."""
+        names = self.split[stage]
+        per_patient = math.ceil(count / len(names))
+        picks = [(names[i % len(names)], i // len(names)) for i in range(count)]
+        return [(n, load_image(self.patients[n].image_t1[k * len(self.patients[n]) // per_patient],
+                               self.hparams.image_size)) for n, k in picks]
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._ensure_root()
+
+    def setup(self, stage: str | None = None) -> None:
+        size = self.hparams.image_size
+        self.datasets = {s: TransitionDataset([self.patients[n] for n in names], size)
+                         for s, names in self.split.items()}
+
+
+    # -- pre-training check -------------------------------------------------------------------
+    def check(self) -> list[tuple[bool, str]]:
+        """The training guide's pre-training checklist, as ``(passed, message)`` lines."""
+        results: list[tuple[bool, str]] = []
+        if not self.root.is_dir():
+            return [(False, f"data directory {self.root} does not exist; " + SYNTH_HINT.format(root=self.root))]
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        results.append((bool(folders), f"data directory {self.root} has {len(folders)} patient folder(s)"))
+        patients = []
+        for folder in folders:
+            try:
+                patient = read_patient(folder)
+            except BioexpError as exc:
+                results.append((False, str(exc)))
+                continue
+            broken = [str(p) for p in dict.fromkeys(patient.image_t1 + patient.image_t2) if not _readable(p)]
+            results.append((not broken, f"{folder.name}: {len(patient)} transitions, 6-DOF vectors valid, "
+                            + (f"{len(broken)} image(s) missing or unreadable, e.g. {broken[0]}" if broken
+                               else "all images readable")))
+            patients.append(patient)
+        if patients:
+            composed = np.concatenate([_composition_error(p) for p in patients])
+            results.append((True, f"at1 vs action_change then at2 (ZYX, 4x4): median translation gap "
+                            f"{np.median(composed):.3g} mm (0 when actions are exact)"))
+        if len(patients) == len(folders):  # the split needs every folder readable
+            try:
+                split = self.split
+                results.append((True, "patient split: " + "; ".join(f"{s} {', '.join(n)}" for s, n in split.items())))
+            except BioexpError as exc:
+                results.append((False, f"patient split: {exc}"))
+        free_gb = shutil.disk_usage(self.root).free / 1e9
+        results.append((free_gb > 2.0, f"{free_gb:.1f} GB free on the data disk (a run writes about 0.5-2 GB)"))
+        gpu = torch.cuda.is_available()
+        results.append((True, f"GPU: {torch.cuda.get_device_name(0)}" if gpu else "GPU: none, training runs on CPU"))
+        return results
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, UnidentifiedImageError):
+        return False
+
+
+def _composition_error(patient: Patient) -> np.ndarray:
+    """Translation gap (mm) between ``at1`` and ``action_change`` composed with ``at2``."""
+    composed = se3.compose(torch.from_numpy(patient.change).double(), torch.from_numpy(patient.at2).double())
+    return (composed[:, :3] - torch.from_numpy(patient.at1).double()[:, :3]).norm(dim=1).numpy()

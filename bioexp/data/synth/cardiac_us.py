@@ -1,0 +1,152 @@
+"""Synthetic echocardiography probe-guidance data in Cardiac Dreamer's on-disk format.
+
+Per patient: a 3-D echogenic heart (four chambers as ellipsoidal myocardial shells around dark
+blood pools, a bright pericardium, tissue with a fixed scatterer texture) with its own position,
+orientation and size; a target standard view (an apical view through the chambers' long axes); and a
+random-walk probe trajectory around it. Each frame is a 2-D slice of the volume in the probe's
+image plane (lateral x, depth z) inside a 70-degree fan, with depth attenuation, fresh speckle and log
+compression. Transitions carry the exact actions (ZYX Euler, mm and degrees):
+``at1 = relative(pose_t1, target)``, ``action_change = relative(pose_t1, pose_t2)``,
+``at2 = relative(pose_t2, target)``, so ``at1 == compose(action_change, at2)``.
+``probe_poses.json`` keeps every frame's world pose and the target pose as ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from bioexp import se3
+from bioexp.data.synth.ptbxl import _publish
+
+SPACING_MM = 1.5
+EXTENT_MM = ((-75.0, 75.0), (-75.0, 75.0), (-20.0, 160.0))  # heart frame: z is depth from the apical window
+DEPTH_MM = 150.0
+HALF_ANGLE_DEG = 35.0
+# name: (centre, semi-axes, wall thickness) in mm, heart frame
+CHAMBERS = {
+    "LV": ((12.0, 0.0, 62.0), (17.0, 17.0, 38.0), 9.0),
+    "RV": ((-16.0, 0.0, 66.0), (13.0, 15.0, 32.0), 4.0),
+    "LA": ((12.0, 0.0, 118.0), (15.0, 15.0, 16.0), 3.0),
+    "RA": ((-17.0, 0.0, 118.0), (14.0, 15.0, 16.0), 3.0),
+}
+PERICARDIUM = ((-2.0, 0.0, 85.0), (44.0, 32.0, 72.0), 3.0)
+STEP_STD = np.array([2.5, 2.5, 2.0, 3.0, 3.0, 3.0])  # random-walk step per frame: mm, mm, mm, deg, deg, deg
+START_STD = np.array([10.0, 10.0, 6.0, 10.0, 10.0, 10.0])
+
+
+def _shell(points: np.ndarray, centre: tuple, axes: tuple, thickness: float) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (inside, wall) of an ellipsoid whose wall is ``thickness`` mm thick outside its surface."""
+    radius = np.sqrt((((points - np.asarray(centre)) / np.asarray(axes)) ** 2).sum(-1))
+    inside = radius < 1.0
+    return inside, ~inside & (radius < 1.0 + thickness / float(np.mean(axes)))
+
+
+def heart_volume(rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """Echogenicity on the heart-frame grid (``EXTENT_MM`` at ``SPACING_MM``), float32 in about [0, 1]."""
+    axes = [np.arange(lo, hi + SPACING_MM / 2, SPACING_MM) for lo, hi in EXTENT_MM]
+    points = (np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1) / scale).astype(np.float32)
+    texture = ndimage.gaussian_filter(rng.standard_normal(points.shape[:3], dtype=np.float32), 1.0)
+    texture = np.exp(0.8 * texture / texture.std())
+    volume = 0.15 * texture
+    peri_inside, peri_wall = _shell(points, *PERICARDIUM)
+    volume[peri_inside] = 0.35 * texture[peri_inside]
+    volume[peri_wall] = 1.0
+    blood = np.zeros(volume.shape, dtype=bool)
+    for centre, semi_axes, thickness in CHAMBERS.values():
+        inside, wall = _shell(points, centre, semi_axes, thickness)
+        volume[wall] = 0.75 * texture[wall]
+        blood |= inside
+    volume[blood] = 0.01 * texture[blood]  # walls first, then pools: septa stay where two walls meet
+    return volume.astype(np.float32)
+
+
+def render(volume: np.ndarray, heart_pose: np.ndarray, probe_pose: np.ndarray, size: int,
+           rng: np.random.Generator) -> np.ndarray:
+    """The ``size`` x ``size`` uint8 B-mode image seen by a probe at ``probe_pose`` (world frame)."""
+    depth = np.linspace(0.0, DEPTH_MM, size)
+    half_width = DEPTH_MM * np.sin(np.deg2rad(HALF_ANGLE_DEG))
+    lateral = np.linspace(-half_width, half_width, size)
+    zz, xx = np.meshgrid(depth, lateral, indexing="ij")
+    plane = np.stack([xx, np.zeros_like(xx), zz, np.ones_like(xx)], axis=-1).reshape(-1, 4)
+    to_heart = se3.invert(se3.pose_to_matrix(torch.from_numpy(heart_pose))) @ se3.pose_to_matrix(
+        torch.from_numpy(probe_pose))
+    points = (plane @ to_heart.numpy().T)[:, :3]
+    index = (points - np.array([lo for lo, _ in EXTENT_MM])) / SPACING_MM
+    echo = ndimage.map_coordinates(volume, index.T, order=1, cval=0.0).reshape(size, size)
+    radius, angle = np.hypot(xx, zz), np.degrees(np.arctan2(xx, zz))
+    fan = (np.abs(angle) <= HALF_ANGLE_DEG) & (radius >= 4.0) & (radius <= DEPTH_MM)
+    speckle = ndimage.gaussian_filter(rng.rayleigh(1.0, (size, size)), 0.6)
+    intensity = echo * np.exp(-0.006 * radius) * speckle * fan
+    image = np.log1p(30.0 * intensity) / np.log1p(30.0)
+    return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _trajectory(rng: np.random.Generator, target: np.ndarray, frames: int) -> np.ndarray:
+    """Probe poses wandering around the target view (mean-reverting, so they stay near the heart)."""
+    poses = [target + rng.normal(0.0, START_STD)]
+    for _ in range(frames - 1):
+        step = -0.08 * (poses[-1] - target) + rng.normal(0.0, STEP_STD)
+        poses.append(poses[-1] + step)
+    return np.stack(poses)
+
+
+def _patient(folder: Path, rng: np.random.Generator, transitions: int, size: int) -> None:
+    heart_pose = np.concatenate([rng.normal(0.0, 8.0, 3), rng.normal(0.0, 8.0, 3)])
+    volume = heart_volume(rng, scale=float(rng.uniform(0.9, 1.1)))
+    target = heart_pose.copy()  # the apical view: the probe at the heart frame's origin, looking down its z
+    poses = _trajectory(rng, target, transitions + 1)
+    (folder / "frames").mkdir(parents=True)
+    names = []
+    for i, pose in enumerate(poses):
+        names.append(f"frames/frame_{i:04d}.png")
+        Image.fromarray(render(volume, heart_pose, pose, size, rng)).save(folder / names[-1])
+    world = torch.from_numpy(poses)
+    goal = torch.from_numpy(target).expand_as(world)
+    to_target = se3.relative(world, goal)
+    changes = se3.relative(world[:-1], world[1:])
+    rows = [{"ft1_image_path": names[i], "ft2_image_path": names[i + 1], "ft1_frame_id": i, "ft2_frame_id": i + 1,
+             "at1_6dof": _round(to_target[i]), "action_change_6dof": _round(changes[i]),
+             "at2_6dof": _round(to_target[i + 1])} for i in range(transitions)]
+    (folder / "transitions_dataset.json").write_text(json.dumps(rows, indent=1))
+    truth = {"target_pose": _round(torch.from_numpy(target)), "frame_poses": [_round(p) for p in world],
+             "heart_pose": _round(torch.from_numpy(heart_pose)), "convention": "x,y,z mm; roll,pitch,yaw deg; ZYX"}
+    (folder / "probe_poses.json").write_text(json.dumps(truth, indent=1))
+
+
+def _round(values: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in values]
+
+
+def generate_cardiac_us(out: str | Path, patients: int = 8, transitions: int = 80, size: int = 224, seed: int = 0,
+                        overwrite: bool = False) -> Path:
+    """Write ``patients`` folders (``data_patient_01`` ...) of about ``transitions`` transitions each.
+
+    Patients get between 0.6x and 1.4x ``transitions`` (uneven, as real acquisitions are). Built in a
+    hidden sibling directory and moved into place, so an interrupted run leaves nothing at ``out``.
+    """
+    out = Path(out)
+    if patients < 1 or transitions < 1 or size < 16:
+        raise ValueError(f"need patients >= 1, transitions >= 1, size >= 16; got {patients}, {transitions}, {size}")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        for p in range(patients):
+            rng = np.random.default_rng([seed, p])
+            count = max(1, round(transitions * rng.uniform(0.6, 1.4)))
+            _patient(staging / f"data_patient_{p + 1:02d}", rng, count, size)
+        _publish(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

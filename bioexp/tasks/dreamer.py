@@ -1,0 +1,107 @@
+"""Cardiac Dreamer's objective: guidance to the target view through a dreamed next frame.
+
+The net dreams the features of frame t2 from frame t1 and the probe's move, and its guidance head
+reads them as the action from t2 to the target, a'_t2. Composing the move with a'_t2 as 4x4 rigid
+transforms gives a'_t1, the action from t1 to the target, which is the main task:
+
+``L = SmoothL1(a'_t1, a_t1) + lambda_t2_action * SmoothL1(a'_t2, a_t2) + lambda_latent * MSE(f'_t2, sg(f_t2))``
+
+with actions in training-set-normalised units and ``f_t2`` the encoder's features of the real t2
+frame (the published code compared against t1's). ``primary_task_only`` keeps the first term.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bioexp import se3
+from bioexp.tasks.base import Task, build
+
+AXES = ("x_mm", "y_mm", "z_mm", "roll_deg", "pitch_deg", "yaw_deg")
+Batch = dict[str, Any]
+
+
+class CardiacDreamerTask(Task):
+    """``action_stats`` (training-set action mean/std, from the data) is part of the saved model."""
+
+    def __init__(self, net: dict[str, Any], optimizer: dict[str, Any], action_stats: dict[str, list[float]],
+                 image_size: int, scheduler: dict[str, Any] | None = None, smooth_l1_beta: float = 1.0,
+                 lambda_t2_action: float = 1.0, lambda_latent: float = 0.2, primary_task_only: bool = False) -> None:
+        scheduler = dict(scheduler) if scheduler else None
+        self.scheduler_monitor = scheduler.pop("monitor", None) if scheduler else None  # ReduceLROnPlateau
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters()
+        self.net = build(net, image_size=image_size)
+        for name in ("action_mean", "action_std", "change_mean", "change_std"):
+            self.register_buffer(name, torch.tensor(action_stats[name], dtype=torch.float32))
+        self._test_errors: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.per_patient: dict[str, dict[str, float]] = {}
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        if self.scheduler_monitor and isinstance(config, dict):
+            config["lr_scheduler"]["monitor"] = self.scheduler_monitor
+        return config
+
+    def normalize(self, action: torch.Tensor) -> torch.Tensor:
+        return (action - self.action_mean) / self.action_std
+
+    def denormalize(self, action: torch.Tensor) -> torch.Tensor:
+        return action * self.action_std + self.action_mean
+
+    def forward(self, image_t1: torch.Tensor, action_change: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted features of t2 and the actions to the target from t2 and t1 (mm, degrees)."""
+        out = self.net(image_t1, (action_change - self.change_mean) / self.change_std)
+        with torch.autocast(device_type=image_t1.device.type, enabled=False):  # rotations need float32
+            action_t2 = self.denormalize(out["action_t2"].float())
+            action_t1 = se3.compose(action_change.float(), action_t2)
+        return {**out, "action_t2": action_t2, "action_t1": action_t1, "action_t2_norm": out["action_t2"]}
+
+    def _step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        hp = self.hparams
+        out = self(batch["image_t1"], batch["action_change"])
+        main = F.smooth_l1_loss(self.normalize(out["action_t1"]), self.normalize(batch["at1"]), beta=hp.smooth_l1_beta)
+        aux = F.smooth_l1_loss(out["action_t2_norm"].float(), self.normalize(batch["at2"]), beta=hp.smooth_l1_beta)
+        with torch.no_grad():  # the target of the dream: what the encoder sees in the real t2 frame
+            target = self.net.encode(batch["image_t2"])
+        latent = F.mse_loss(out["features_t2"].float(), target.float())
+        total = main if hp.primary_task_only else main + hp.lambda_t2_action * aux + hp.lambda_latent * latent
+        errors = (out["action_t1"] - batch["at1"]).abs().detach()
+        values = {"loss": total, "main_task_loss": main, "t2_action_loss": aux, "latent_loss": latent,
+                  "guidance_trans_mm": (out["action_t1"][:, :3] - batch["at1"][:, :3]).norm(dim=1).mean(),
+                  "guidance_rot_deg": se3.rotation_angle_deg(out["action_t1"], batch["at1"]).mean(),
+                  **{f"mae_{axis}": errors[:, i].mean() for i, axis in enumerate(AXES)}}
+        size = len(batch["at1"])
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=stage == "train" and name == "loss", on_epoch=True,
+                     prog_bar=name in ("loss", "main_task_loss"), batch_size=size, sync_dist=stage != "train")
+        return total, errors
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        _, errors = self._step(batch, "test")
+        baseline = (self.action_mean - batch["at1"]).abs()  # "predict the mean training action"
+        self.log_dict({f"test/baseline_mae_{axis}": baseline[:, i].mean() for i, axis in enumerate(AXES)},
+                      on_epoch=True, batch_size=len(errors))
+        for patient, error in zip(batch["patient"], errors, strict=True):
+            self._test_errors[patient].append(error.cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self._test_errors.clear()
+
+    def on_test_epoch_end(self) -> None:
+        """Per-axis MAE of each test patient (``per_patient``, also logged as ``test/<patient>/mae_<axis>``)."""
+        self.per_patient = {}
+        for patient, rows in sorted(self._test_errors.items()):
+            mae = torch.stack(rows).mean(0)
+            self.per_patient[patient] = {"n": len(rows), **{axis: float(mae[i]) for i, axis in enumerate(AXES)}}
+            self.log_dict({f"test/{patient}/mae_{axis}": float(mae[i]) for i, axis in enumerate(AXES)})
