@@ -61,7 +61,7 @@ def objective(ret: JobReturn) -> tuple[float | None, str | None]:
     try:
         value = float(ret.return_value)  # re-raises the job's exception
     except Exception as error:  # noqa: BLE001 — any failure of a job is a failed trial, never a dead sweep
-        return None, f"{type(error).__name__}: {error}".splitlines()[0]
+        return None, " ".join(f"{type(error).__name__}: {error}".split())[:500]  # one line for the log
     if not math.isfinite(value):
         return None, f"non-finite objective {value}"
     return value, None

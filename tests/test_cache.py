@@ -43,15 +43,15 @@ def test_builds_once_then_reuses(tmp_path: Path):
     assert len(calls) == 5 and again.path == cache.path
 
 
-def test_changed_source_gets_a_new_cache_and_old_one_is_removed(tmp_path: Path):
+def test_changed_source_gets_a_new_cache_and_the_old_one_stays_for_runs_still_reading_it(tmp_path: Path):
     paths = _sources(tmp_path)
     items = [str(p) for p in paths]
     first = cached_stack(tmp_path / "c", "demo", items, (2, 3), _read, file_fingerprint(paths))
     np.save(paths[2], np.full((2, 3), 42, dtype=np.float32))
     os.utime(paths[2], ns=(1, 1))  # a different mtime, whatever the clock resolution
     second = cached_stack(tmp_path / "c", "demo", items, (2, 3), _read, file_fingerprint(paths))
-    assert second.path != first.path and not first.path.exists()
-    assert second.open()[2, 0, 0] == 42
+    assert second.path != first.path and first.path.exists()
+    assert second.open()[2, 0, 0] == 42 and first.open()[2, 0, 0] != 42
 
 
 def test_truncated_or_unfinished_cache_is_rebuilt(tmp_path: Path):

@@ -174,3 +174,38 @@ def test_joblib_launcher_runs_a_batch_of_trials_in_parallel_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert [t.state for t in _trials(root)] == [TrialState.COMPLETE] * 4
+
+
+def _family_args(family: str, tmp: Path, synth_root: Path) -> list[str]:
+    """A tiny but real run of each experiment family (the overrides its own tests use)."""
+    from tests.conftest import data_overrides
+
+    if family == "ep_prior":
+        return ["experiment=ep_prior", *data_overrides(synth_root, tmp / "c"), "model.encoder.arch=xresnet1d18",
+                "callbacks.embedding_probe.ks=[10]", "callbacks.embedding_probe.seeds=[0]", "trainer=cpu"]
+    if family == "vitaldb":
+        from tests.test_vitaldb_experiments import SMALL_TTM, _data
+
+        return ["experiment=vitaldb_msm", *_data(tmp), *SMALL_TTM]
+    if family == "cardiac":
+        from bioexp.data.synth.cardiac_us import generate_cardiac_us
+        from tests.test_cardiac import _data as cardiac_data
+
+        return cardiac_data(generate_cardiac_us(tmp / "processed", patients=8, transitions=6, size=64, seed=0))
+    from tests.test_bvae_cli import TINY
+
+    return ["experiment=bvae", *TINY]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ep_prior", "vitaldb", "cardiac", "bvae"])  # csi: tests/test_csi.py
+def test_each_familys_optuna_sweep_runs_three_trials(tmp_path, synth_root, family):
+    from tests.conftest import run_cli
+
+    result = run_cli(["-m", *_family_args(family, tmp_path, synth_root), f"hparams_search={family}_optuna",
+                      "hydra.sweeper.n_trials=3", "debug=limit", "trainer.max_epochs=1", "print_config=false",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["n_complete"] == 3 and results["n_failed"] == 0, results
+    assert (tmp_path / "optuna" / f"{family}_optuna.db").is_file()

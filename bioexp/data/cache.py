@@ -91,8 +91,12 @@ def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: 
     found = _load_finished(npy, meta_path, key)
     if found is not None:
         return found
-    for stale in [*cache_dir.glob(f"{name}-*.npy"), *cache_dir.glob(f"{name}-*.json")]:
-        stale.unlink(missing_ok=True)
+    # Other versions are never deleted here: a concurrent run or sweep worker may be reading them.
+    others = [p for p in cache_dir.glob(f"{name}-*.npy") if p != npy and ".tmp" not in p.name]
+    if others:
+        size = sum(p.stat().st_size for p in others) / 2**30
+        log.info("%d other %s cache(s) in %s (%.1f GiB): delete them when no run uses them", len(others), name,
+                 cache_dir, size)
     log.info("Building cache %s for %d items (once; later runs read the memmap)", npy, len(items))
     tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), *shape))

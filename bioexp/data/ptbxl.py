@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.datasets import WINDOW_BASELINES, CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
-from bioexp.data.sampling import EpochSampler
+from bioexp.data.base import SplitDataModule
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _read_record(root: str, fs: int, filename: str) -> np.ndarray:
     return signal
 
 
-class PTBXLDataModule(L.LightningDataModule):
+class PTBXLDataModule(SplitDataModule):
     """PTB-XL with the recommended split (folds 1-8 train, 9 val, 10 test) and a decode-once cache.
 
     ``synthesize`` (e.g. ``{records: 2000, seed: 0}``) writes a synthetic PTB-XL at ``root`` when
@@ -248,27 +248,3 @@ class PTBXLDataModule(L.LightningDataModule):
         x = cache.open()[np.sort(rows)]
         return x.mean(axis=(0, 2))[:, None].astype(np.float32), x.std(axis=(0, 2))[:, None].astype(np.float32) + 1e-6
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return self._make_loader(self.datasets[split], shuffle)
-
-    def _make_loader(self, dataset: CachedSignalDataset, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        sampler = None
-        if shuffle:  # epoch from the trainer: a resumed fit starts at its own epoch, not at 0
-            epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            sampler = EpochSampler(len(dataset), seed=hp.seed, epoch=epoch)
-        # Own generator: creating an iterator draws a worker base seed, which must not shift the
-        # global RNG stream that dropout uses (it would, differently, in a resumed run).
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
-                          pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0,
-                          drop_last=shuffle and len(dataset) > hp.batch_size,
-                          generator=torch.Generator().manual_seed(hp.seed))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

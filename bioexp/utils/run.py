@@ -133,7 +133,8 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             user = _user_error(exc)
             if user is None:
                 raise
-            log.error("%s", user)
+            if logging.getLogger().handlers:  # Hydra's job log; without handlers logging would echo to stderr
+                log.error("%s", user)
             if _is_multirun():
                 raise user from None
             print(f"bioexp: error: {user}", file=sys.stderr)

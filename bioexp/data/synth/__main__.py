@@ -19,6 +19,27 @@ def _ptbxl(args: argparse.Namespace) -> str:
     return f"wrote {args.records} synthetic PTB-XL records ({rates}) to {path}"
 
 
+def _cardiac_us(args: argparse.Namespace) -> str:
+    from bioexp.data.synth.cardiac_us import generate_cardiac_us  # imports torch: only when asked for
+
+    path = generate_cardiac_us(args.out, args.patients, args.transitions, args.size, args.seed, args.overwrite)
+    return f"wrote {args.patients} synthetic cardiac ultrasound patients ({args.size} px frames) to {path}"
+
+
+def _csi(args: argparse.Namespace) -> str:
+    from bioexp.data.synth.csi import generate_csi
+
+    path = generate_csi(args.out, args.images, args.seed, args.size, args.ungradable, args.overwrite)
+    return f"wrote {args.images} synthetic chest X-rays (NIfTI, {args.size} px) and labels.csv to {path}"
+
+
+def _vitaldb(args: argparse.Namespace) -> str:
+    from bioexp.data.synth.vitaldb import generate_vitaldb
+
+    path = generate_vitaldb(args.out, args.cases, args.seed, args.minutes, args.overwrite)
+    return f"wrote {args.cases} synthetic VitalDB cases (.vital, ECG/PPG/ART at 500 Hz, {args.minutes:g} min) to {path}"
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -39,6 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     ptbxl.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ptbxl.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
     ptbxl.set_defaults(handler=_ptbxl)
+    cardiac = commands.add_parser("cardiac_us", help="synthetic echo probe-guidance transitions (Cardiac Dreamer)")
+    cardiac.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    cardiac.add_argument("--patients", type=_positive, default=8, help="patients, one folder each (default 8)")
+    cardiac.add_argument("--transitions", type=_positive, default=80, help="mean transitions per patient (default 80)")
+    cardiac.add_argument("--size", type=_positive, default=224, help="frame size in pixels (default 224)")
+    cardiac.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    cardiac.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    cardiac.set_defaults(handler=_cardiac_us)
+    csi = commands.add_parser("csi", help="synthetic chest X-rays with per-zone congestion scores (CSI-Predictor)")
+    csi.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    csi.add_argument("--images", type=_positive, default=600, help="number of images (default 600)")
+    csi.add_argument("--size", type=_positive, default=256, help="image size in pixels (default 256)")
+    csi.add_argument("--ungradable", type=float, default=0.08, help="share of ungradable zones (default 0.08)")
+    csi.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
+    csi.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    csi.set_defaults(handler=_csi)
+    vitaldb = commands.add_parser("vitaldb", help="synthetic VitalDB .vital cases (ECG + PPG + ART, 500 Hz)")
+    vitaldb.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    vitaldb.add_argument("--cases", type=_positive, default=40, help="number of cases (default 40)")
+    vitaldb.add_argument("--minutes", type=float, default=5.0, help="length of each case (default 5)")
+    vitaldb.add_argument("--seed", type=int, default=0, help="random seed; same seed, same signals (default 0)")
+    vitaldb.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    vitaldb.set_defaults(handler=_vitaldb)
     return parser
 
 
