@@ -9,25 +9,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from bioexp.callbacks.plots import log_image
+from bioexp.callbacks.reconstruction import ValidationFigure
 
 
-class MaskedReconstructionPlot(L.Callback):
+class MaskedReconstructionPlot(ValidationFigure):
     """After each ``every_n_epochs``-th validation epoch (and the last), plot ``n_examples`` validation windows
     with a fixed mask; writes ``plots/masked_reconstruction.png``. Needs ``reconstruct(x, generator)``
     returning ``(masked, x_hat, mask)`` and ``hparams.patch_size`` (:class:`MaskedSignalModeling`)."""
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 5, n_examples: int = 3) -> None:
-        self.dirpath, self.every_n_epochs, self.n_examples = Path(dirpath), every_n_epochs, n_examples
-        self._batch: torch.Tensor | None = None
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0:
-            self._batch = batch[0][: self.n_examples].detach()
-
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        due = trainer.current_epoch % self.every_n_epochs == 0 or trainer.current_epoch == trainer.max_epochs - 1
-        if trainer.sanity_checking or not due or self._batch is None:
+        if not self.due(trainer):
             return
         with torch.no_grad():
             _, x_hat, mask = pl_module.reconstruct(self._batch, torch.Generator().manual_seed(0))

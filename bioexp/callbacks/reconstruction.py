@@ -13,7 +13,25 @@ from bioexp.callbacks.plots import log_image
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-class ReconstructionPlot(L.Callback):
+class ValidationFigure(L.Callback):
+    """Keeps the first ``n_examples`` windows of each validation epoch and says when a figure is due:
+    every ``every_n_epochs``-th epoch and the last one (subclasses draw it in ``on_validation_epoch_end``)."""
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 5, n_examples: int = 3) -> None:
+        self.dirpath, self.every_n_epochs, self.n_examples = Path(dirpath), every_n_epochs, n_examples
+        self._batch: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            self._batch = batch[0][: self.n_examples].detach()
+
+    def due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch
+        return (not trainer.sanity_checking and self._batch is not None
+                and (epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs - 1))
+
+
+class ReconstructionPlot(ValidationFigure):
     """After each ``every_n_epochs``-th validation epoch, plot a few validation windows.
 
     Works with any task that has ``reconstruct(x) -> (x_hat, components)``; writes
@@ -21,18 +39,12 @@ class ReconstructionPlot(L.Callback):
     """
 
     def __init__(self, dirpath: str, every_n_epochs: int = 5, n_examples: int = 3, leads: tuple[int, ...] = (1, 7)):
-        self.dirpath = Path(dirpath)
-        self.every_n_epochs, self.n_examples, self.leads = every_n_epochs, n_examples, leads
-        self._batch: torch.Tensor | None = None
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0:
-            self._batch = batch[0][: self.n_examples].detach()
+        super().__init__(dirpath, every_n_epochs, n_examples)
+        self.leads = leads
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        due = trainer.current_epoch % self.every_n_epochs == 0 or trainer.current_epoch == trainer.max_epochs - 1
-        if trainer.sanity_checking or not due or self._batch is None or not hasattr(pl_module, "reconstruct"):
+        if not self.due(trainer) or not hasattr(pl_module, "reconstruct"):
             return
         with torch.no_grad():
             x_hat, components = pl_module.reconstruct(self._batch)
