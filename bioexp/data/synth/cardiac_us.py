@@ -14,8 +14,6 @@ compression. Transitions carry the exact actions (ZYX Euler, mm and degrees):
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bioexp import se3
-from bioexp.data.synth.ptbxl import _publish
+from bioexp.data.synth.staging import staged
 
 SPACING_MM = 1.5
 EXTENT_MM = ((-75.0, 75.0), (-75.0, 75.0), (-20.0, 160.0))  # heart frame: z is depth from the apical window
@@ -135,18 +133,9 @@ def generate_cardiac_us(out: str | Path, patients: int = 8, transitions: int = 8
     out = Path(out)
     if patients < 1 or transitions < 1 or size < 16:
         raise ValueError(f"need patients >= 1, transitions >= 1, size >= 16; got {patients}, {transitions}, {size}")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staged(out, overwrite) as staging:
         for p in range(patients):
             rng = np.random.default_rng([seed, p])
             count = max(1, round(transitions * rng.uniform(0.6, 1.4)))
             _patient(staging / f"data_patient_{p + 1:02d}", rng, count, size)
-        _publish(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

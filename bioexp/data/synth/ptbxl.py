@@ -18,7 +18,6 @@ import ast
 import dataclasses
 import os
 import shutil
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 import wfdb
 
 from bioexp.data.synth import ecg
+from bioexp.data.synth.staging import staged
 
 RESOURCES = Path(__file__).parent / "resources"
 DATABASE_COLUMNS = (
@@ -474,22 +474,6 @@ def _build(root: Path, records: int, seed: int, high_rate: bool, workers: int) -
     shutil.copyfile(RESOURCES / "scp_statements.csv", root / "scp_statements.csv")
 
 
-def _publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished data set into place; the old one is removed only afterwards."""
-    if not (out.exists() or out.is_symlink()):
-        os.replace(staging, out)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out, old)
-    os.replace(staging, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
-
-
 def generate_ptbxl(
     out: str | Path,
     records: int = 2000,
@@ -509,15 +493,6 @@ def generate_ptbxl(
     out = Path(out)
     if records < 1:
         raise ValueError(f"records must be at least 1, got {records}")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staged(out, overwrite) as staging:
         _build(staging, records, seed, high_rate, workers or _default_workers(records))
-        _publish(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
