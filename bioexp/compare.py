@@ -10,15 +10,12 @@ The markdown adds, for every error rate, its relative reduction against the firs
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from bioexp.errors import BioexpError
-from bioexp.utils.run import report_user_errors
+from bioexp.utils.run import parse_options, report_user_errors
 
 DEFAULTS = {"runs": [], "out": None, "accelerator": "cpu"}
 ERROR_RATES = ("latent_ber", "latent_wer", "output_ber", "output_wer")
@@ -112,11 +109,7 @@ def write(table: Any, out: Path) -> str:
 
 @report_user_errors
 def main(argv: list[str] | None = None) -> Any:
-    given = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise BioexpError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(DEFAULTS)}")
-    args = OmegaConf.merge(DEFAULTS, given)
+    args = parse_options(DEFAULTS, argv)
     runs = [args.runs] if isinstance(args.runs, str) else list(args.runs)
     if not runs:
         raise BioexpError("runs is required: python -m bioexp.compare runs=[<run dir>,<run dir>] (or a sweep dir)")

@@ -9,14 +9,12 @@ checkpoint's run dir (or ``out=<dir>``). Options: ``n`` (64), ``seed`` (0), ``ep
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from bioexp.errors import BioexpError
-from bioexp.utils.run import report_user_errors
+from bioexp.utils.run import parse_options, report_user_errors
 
 DEFAULTS = {"ckpt_path": None, "n": 64, "seed": 0, "eps": 0.0, "binary": False, "out": None}
 
@@ -53,14 +51,7 @@ def sample_grid(ckpt_path: str | Path, n: int = 64, seed: int = 0, eps: float = 
 
 @report_user_errors
 def main(argv: list[str] | None = None) -> Path:
-    given = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise BioexpError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(DEFAULTS)}")
-    try:
-        args = OmegaConf.merge(DEFAULTS, given)
-    except OmegaConfBaseException as exc:
-        raise BioexpError(f"bad option value: {' '.join(str(exc).split()[:12])}") from None
+    args = parse_options(DEFAULTS, argv)
     if not args.ckpt_path:
         raise BioexpError("ckpt_path is required: python -m bioexp.sample ckpt_path=<run dir>/checkpoints/<x>.ckpt")
     path = sample_grid(**OmegaConf.to_container(args))

@@ -143,6 +143,20 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def parse_options(defaults: dict[str, Any], argv: list[str] | None = None) -> DictConfig:
+    """``key=value`` arguments of the small entry points (sample, compare) over their ``defaults``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise BioexpError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(defaults)}")
+    try:
+        return OmegaConf.merge(defaults, given)
+    except OmegaConfBaseException as exc:
+        raise BioexpError(f"bad option value: {' '.join(str(exc).split()[:12])}") from None
+
+
 def finish_wandb() -> None:
     """End the W&B run so the next multirun job gets its own."""
     wandb = sys.modules.get("wandb")
