@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -104,22 +107,22 @@ def test_wandb_offline_run_holds_config_metrics_and_images(tmp_path: Path, synth
     assert events.PluginTagToContent("hparams")
 
 
-def test_unreachable_wandb_server_falls_back_to_offline(monkeypatch, tmp_path: Path, caplog):
-    from lightning.pytorch.loggers import WandbLogger
-    from omegaconf import OmegaConf
-
-    from bioexp.utils.dashboards import start_loggers
-
-    for key, value in {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "3",
-                       "WANDB_SILENT": "true"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    group = OmegaConf.create({"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(tmp_path),
-                                        "offline": False, "project": "bioexp"}})
-    with caplog.at_level("WARNING", logger="bioexp.utils.dashboards"):
-        [logger] = start_loggers(group)
-    assert isinstance(logger, WandbLogger) and logger._offline
-    assert "W&B unreachable" in caplog.text and "wandb sync" in caplog.text
-    logger.log_metrics({"val/loss": 1.0})
-    logger.experiment.finish()
+def test_unreachable_wandb_server_falls_back_to_offline(tmp_path: Path):
+    # A fresh process: W&B keeps process-wide state (mode, settings) from any earlier run in this one.
+    script = f"""
+from omegaconf import OmegaConf
+from bioexp.utils.dashboards import start_loggers
+group = OmegaConf.create({{"wandb": {{"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": "{tmp_path}",
+                                     "offline": False, "project": "bioexp"}}}})
+[logger] = start_loggers(group)
+assert logger._offline
+logger.log_metrics({{"val/loss": 1.0}})
+logger.experiment.finish()
+"""
+    env = {**os.environ, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "3",
+           "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B unreachable" in result.stderr and "wandb sync" in result.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
