@@ -73,8 +73,8 @@ def ep_constraint_loss(params: Mapping[str, Mapping[str, torch.Tensor]], pr_min:
     return torch.stack(list(terms.values())).sum(), terms
 
 
-def stft_log_magnitude(x: torch.Tensor, n_fft: int, hop: int, eps: float = 1e-5) -> torch.Tensor:
-    """``log(max(|STFT|, eps))`` of ``x [..., L]`` with a periodic Hann window of ``n_fft`` samples.
+def stft_magnitude(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """``|STFT|`` ``[N, freq, frames]`` of ``x [..., L]`` (flattened to ``N`` signals), periodic Hann window.
 
     Frames are centred with reflect padding of ``n_fft // 2`` on both sides (torch's default), so an FFT
     longer than the signal still works (2048 on a 1250-sample window: 3 frames) as long as the padding is
@@ -85,20 +85,29 @@ def stft_log_magnitude(x: torch.Tensor, n_fft: int, hop: int, eps: float = 1e-5)
         raise BioexpError(f"window of {length} samples is too short for an FFT size of {n_fft} (reflect padding "
                           f"needs more than {n_fft // 2} samples); use smaller FFT sizes or longer windows")
     window = torch.hann_window(n_fft, device=x.device, dtype=torch.float32)
-    spec = torch.stft(x.reshape(-1, length).float(), n_fft, hop_length=hop, window=window, center=True,
-                      pad_mode="reflect", return_complex=True)
-    return spec.abs().clamp_min(eps).log()
+    return torch.stft(x.reshape(-1, length).float(), n_fft, hop_length=hop, window=window, center=True,
+                      pad_mode="reflect", return_complex=True).abs()
 
 
 def multi_resolution_stft_loss(x_hat: torch.Tensor, x: torch.Tensor, fft_sizes: Sequence[int] = (512, 1024, 2048),
-                               hop_sizes: Sequence[int] = (128, 256, 512), eps: float = 1e-5) -> torch.Tensor:
+                               hop_sizes: Sequence[int] = (128, 256, 512), floor_db: float | None = 60.0,
+                               eps: float = 1e-5) -> torch.Tensor:
     """Mean over resolutions of the L1 distance between log-magnitude spectrograms (Parallel WaveGAN style).
 
-    Computed in float32 with autocast off (half-precision STFTs lose the small magnitudes the log amplifies).
+    Magnitudes are floored at ``floor_db`` below the peak of each target spectrogram (and at ``eps``):
+    band-limited biosignals have bins with almost no energy, and the log of those (down to ``log eps``)
+    would otherwise dominate the loss and its gradient (it kept masked signal modeling from learning at
+    all). ``floor_db=None`` keeps only the absolute ``eps``. Computed in float32 with autocast off
+    (half-precision STFTs lose the small magnitudes the log amplifies).
     """
     if len(fft_sizes) != len(hop_sizes) or not fft_sizes:
         raise BioexpError(f"need one hop size per FFT size, got {list(fft_sizes)} and {list(hop_sizes)}")
+    losses = []
     with torch.autocast(device_type=x.device.type, enabled=False):
-        losses = [F.l1_loss(stft_log_magnitude(x_hat, n, h, eps), stft_log_magnitude(x, n, h, eps))
-                  for n, h in zip(fft_sizes, hop_sizes, strict=True)]
+        for n_fft, hop in zip(fft_sizes, hop_sizes, strict=True):
+            target, estimate = stft_magnitude(x, n_fft, hop), stft_magnitude(x_hat, n_fft, hop)
+            floor = torch.full_like(target[:, :1, :1], eps)
+            if floor_db is not None:
+                floor = floor.maximum(target.amax(dim=(1, 2), keepdim=True) * 10 ** (-floor_db / 20))
+            losses.append(F.l1_loss(estimate.maximum(floor).log(), target.maximum(floor).log()))
     return torch.stack(losses).mean()

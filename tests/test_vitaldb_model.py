@@ -49,27 +49,44 @@ def test_mask_is_shared_by_all_channels_and_zeroes_whole_patches():
         apply_mask(x, mask, 4)
 
 
-def _direct_log_stft(x: np.ndarray, n_fft: int, hop: int, eps: float = 1e-5) -> np.ndarray:
+def _direct_stft_magnitude(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """|STFT| written out: reflect padding of n_fft/2, periodic Hann frames every hop, rfft."""
     padded = np.pad(x, n_fft // 2, mode="reflect")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
     frames = [padded[s:s + n_fft] * window for s in range(0, len(padded) - n_fft + 1, hop)]
-    return np.log(np.maximum(np.abs(np.fft.rfft(np.stack(frames), axis=1)), eps)).T
+    return np.abs(np.fft.rfft(np.stack(frames), axis=1)).T
 
 
-def test_mr_stft_matches_a_direct_computation_on_1250_sample_windows():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2, 2, 1250, generator=g), torch.randn(2, 2, 1250, generator=g)
+def _direct_mr_stft(y: torch.Tensor, x: torch.Tensor, floor_db: float | None) -> float:
     expected = []
     for n_fft, hop in ((512, 128), (1024, 256), (2048, 512)):
-        per_signal = [np.abs(_direct_log_stft(a, n_fft, hop) - _direct_log_stft(b, n_fft, hop))
-                      for a, b in zip(y.reshape(-1, 1250).double().numpy(), x.reshape(-1, 1250).double().numpy(),
-                                      strict=True)]
-        assert per_signal[0].shape == (n_fft // 2 + 1, 1 + 1250 // hop)  # 2048: 3 frames of a 1250 window
+        per_signal = []
+        for a, b in zip(y.reshape(-1, 1250).double().numpy(), x.reshape(-1, 1250).double().numpy(), strict=True):
+            est, target = _direct_stft_magnitude(a, n_fft, hop), _direct_stft_magnitude(b, n_fft, hop)
+            assert target.shape == (n_fft // 2 + 1, 1 + 1250 // hop)  # 2048: 3 frames of a 1250 window
+            floor = max(1e-5, target.max() * 10 ** (-floor_db / 20)) if floor_db is not None else 1e-5
+            per_signal.append(np.abs(np.log(np.maximum(est, floor)) - np.log(np.maximum(target, floor))))
         expected.append(np.mean(per_signal))
-    loss = multi_resolution_stft_loss(y, x)
-    assert loss.item() == pytest.approx(np.mean(expected), rel=1e-4)
-    assert multi_resolution_stft_loss(x, x).item() == 0
+    return float(np.mean(expected))
+
+
+@pytest.mark.parametrize("floor_db", [60.0, 20.0, None])
+def test_mr_stft_matches_a_direct_computation_on_1250_sample_windows(floor_db):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 2, 1250, generator=g), torch.randn(2, 2, 1250, generator=g)
+    x[0, 1] = torch.sin(torch.arange(1250) / 125 * 2 * np.pi * 1.2)  # band-limited: most bins far below peak
+    loss = multi_resolution_stft_loss(y, x, floor_db=floor_db)
+    assert loss.item() == pytest.approx(_direct_mr_stft(y, x, floor_db), rel=1e-4)
+    assert multi_resolution_stft_loss(x, x, floor_db=floor_db).item() == 0
+
+
+def test_mr_stft_floor_keeps_empty_bins_from_dominating():
+    """A sinusoid vs the same sinusoid plus faint noise: without the floor, the empty bins make the loss huge."""
+    t = torch.arange(1250) / 125
+    x = torch.sin(2 * np.pi * 1.2 * t).view(1, 1, -1)
+    noisy = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert multi_resolution_stft_loss(noisy, x, floor_db=None) > 1.0
+    assert multi_resolution_stft_loss(noisy, x, floor_db=60.0) < 0.2
 
 
 def test_mr_stft_refuses_a_window_too_short_for_an_fft_size():

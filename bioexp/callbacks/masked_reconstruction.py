@@ -1,4 +1,4 @@
-"""Masked-signal-modeling figure: each channel's input, its reconstruction, and the masked spans shaded."""
+"""Masked-signal-modeling figure: each channel's input, the masked spans shaded, and the prediction in them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bioexp.callbacks.plots import log_image
 from bioexp.callbacks.reconstruction import ValidationFigure
+from bioexp.masking import expand_mask
 
 
 class MaskedReconstructionPlot(ValidationFigure):
@@ -38,6 +39,8 @@ def draw(x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor, patch_size: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Only masked patches are predicted (the loss ignores the decoder's output on visible ones): draw those.
+    predicted = x_hat.masked_fill(~expand_mask(mask, x.shape[1], patch_size), float("nan"))
     fig, axes = plt.subplots(x.shape[1], len(x), figsize=(4.5 * len(x), 2.0 * x.shape[1]), squeeze=False)
     for col in range(len(x)):
         for row, name in enumerate(channels):
@@ -45,11 +48,11 @@ def draw(x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor, patch_size: i
             for patch in mask[col].nonzero().flatten().tolist():
                 ax.axvspan(patch * patch_size, (patch + 1) * patch_size, color="0.85", lw=0)
             ax.plot(x[col, row], color="black", lw=0.8, label="input")
-            ax.plot(x_hat[col, row], color="tab:red", lw=0.8, label="reconstruction")
+            ax.plot(predicted[col, row], color="tab:red", lw=0.8, label="prediction")
             ax.set_title(f"{title} · example {col} · {name}", fontsize=8)
             ax.tick_params(labelsize=6)
     axes[0][0].legend(fontsize=6, loc="upper right")
-    fig.suptitle("grey: masked patches (zeroed in the encoder's input)", fontsize=8)
+    fig.suptitle("grey: masked patches (zeroed in the encoder's input), red: the model's prediction there", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,8 +1,8 @@
 """Synthetic echocardiography probe-guidance data in Cardiac Dreamer's on-disk format.
 
-Per patient: a 3-D echogenic heart (four chambers as ellipsoidal myocardial shells around dark
-blood pools, a bright pericardium, tissue with a fixed scatterer texture) with its own position,
-orientation and size; a target standard view (an apical view through the chambers' long axes); and a
+Per patient: a 3-D echogenic heart (four chambers and the aortic root as ellipsoidal myocardial shells
+around dark blood pools, placed front to back as in a real heart; a bright pericardium; tissue with a
+fixed scatterer texture) with its own position, orientation and size; a target standard view (an apical view through the chambers' long axes); and a
 random-walk probe trajectory around it. Each frame is a 2-D slice of the volume in the probe's
 image plane (lateral x, depth z) inside a 70-degree fan, with depth attenuation, fresh speckle and log
 compression. Transitions carry the exact actions (ZYX Euler, mm and degrees):
@@ -28,12 +28,16 @@ SPACING_MM = 1.5
 EXTENT_MM = ((-75.0, 75.0), (-75.0, 75.0), (-20.0, 160.0))  # heart frame: z is depth from the apical window
 DEPTH_MM = 150.0
 HALF_ANGLE_DEG = 35.0
-# name: (centre, semi-axes, wall thickness) in mm, heart frame
+# name: (centre, semi-axes, wall thickness) in mm, heart frame (y: anterior +). As in a real heart the
+# right ventricle lies anterior, the left atrium posterior and the aortic root anterior between the
+# atria: tilting the probe forward or back shows different anatomy (a heart symmetric in y would make the
+# sign of an elevation or tilt error invisible in the image).
 CHAMBERS = {
-    "LV": ((12.0, 0.0, 62.0), (17.0, 17.0, 38.0), 9.0),
-    "RV": ((-16.0, 0.0, 66.0), (13.0, 15.0, 32.0), 4.0),
-    "LA": ((12.0, 0.0, 118.0), (15.0, 15.0, 16.0), 3.0),
-    "RA": ((-17.0, 0.0, 118.0), (14.0, 15.0, 16.0), 3.0),
+    "LV": ((12.0, -3.0, 62.0), (17.0, 17.0, 38.0), 9.0),
+    "RV": ((-16.0, 7.0, 66.0), (13.0, 13.0, 32.0), 4.0),
+    "LA": ((12.0, -9.0, 118.0), (15.0, 13.0, 16.0), 3.0),
+    "RA": ((-17.0, 2.0, 118.0), (14.0, 13.0, 16.0), 3.0),
+    "AO": ((-1.0, 15.0, 102.0), (8.0, 8.0, 16.0), 2.5),
 }
 PERICARDIUM = ((-2.0, 0.0, 85.0), (44.0, 32.0, 72.0), 3.0)
 STEP_STD = np.array([2.5, 2.5, 2.0, 3.0, 3.0, 3.0])  # random-walk step per frame: mm, mm, mm, deg, deg, deg
