@@ -134,8 +134,8 @@ def test_both_token_types_complete_a_fast_dev_run_with_the_run_record(cohort, tm
     out = tmp_path / token_type
     summary, _ = train(compose_cfg(_data(cohort, f"model.net.token_type={token_type}", "debug=fdr"), out))
     metrics = summary["metrics"]
-    assert {"train/main_task_loss", "val/main_task_loss", "test/mae_x_mm", "test/baseline_mae_yaw_deg",
-            "test/guidance_rot_deg"} <= set(metrics)
+    assert {"train/main_task_loss", "val/main_task_loss", "val/baseline_mae_y_mm", "test/mae_x_mm",
+            "test/baseline_mae_yaw_deg", "test/guidance_rot_deg"} <= set(metrics)
     stats = json.loads((out / "dataset_stats.json").read_text())
     assert stats["no_patient_leakage"] and sum(stats["samples"].values()) == sum(stats["samples_per_patient"].values())
     config = json.loads((out / "experiment_config.json").read_text())

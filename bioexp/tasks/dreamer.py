@@ -84,14 +84,19 @@ class CardiacDreamerTask(Task):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
 
+    def _log_baseline(self, batch: Batch, stage: str) -> None:
+        """Per-axis MAE of "predict the mean training action", the baseline the model must beat."""
+        baseline = (self.action_mean - batch["at1"]).abs()
+        self.log_dict({f"{stage}/baseline_mae_{axis}": baseline[:, i].mean() for i, axis in enumerate(AXES)},
+                      on_epoch=True, batch_size=len(baseline), sync_dist=True)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
+        self._log_baseline(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         _, errors = self._step(batch, "test")
-        baseline = (self.action_mean - batch["at1"]).abs()  # "predict the mean training action"
-        self.log_dict({f"test/baseline_mae_{axis}": baseline[:, i].mean() for i, axis in enumerate(AXES)},
-                      on_epoch=True, batch_size=len(errors))
+        self._log_baseline(batch, "test")
         for patient, error in zip(batch["patient"], errors, strict=True):
             self._test_errors[patient].append(error.cpu())
 

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ptbxl.set_defaults(handler=_ptbxl)
     cardiac = commands.add_parser("cardiac_us", help="synthetic echo probe-guidance transitions (Cardiac Dreamer)")
     cardiac.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    cardiac.add_argument("--patients", type=_positive, default=8, help="patients, one folder each (default 8)")
+    cardiac.add_argument("--patients", type=_positive, default=12, help="patients, one folder each (default 12)")
     cardiac.add_argument("--transitions", type=_positive, default=80, help="mean transitions per patient (default 80)")
     cardiac.add_argument("--size", type=_positive, default=224, help="frame size in pixels (default 224)")
     cardiac.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
