@@ -47,10 +47,11 @@ def dataset_figure(stats: dict[str, Any], previews: dict[str, list[tuple[str, An
     ax.bar(range(len(names)), [stats["samples_per_patient"][n] for n in names],
            color=[SPLIT_COLOURS.get(owner.get(n), "grey") for n in names])
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-    ax.set(title="samples per patient (colour = split)", ylabel="transitions")
+    top = max(stats["samples_per_patient"].values(), default=1)
+    ax.set(title="samples per patient (colour = split)", ylabel="transitions", ylim=(0, 1.45 * top))  # legend room
     leak = "no patient in two splits" if stats["no_patient_leakage"] else f"LEAKAGE: {stats['patient_overlap']}"
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in SPLIT_COLOURS.values()],
-              labels=list(SPLIT_COLOURS), title=leak, fontsize=8)
+              labels=list(SPLIT_COLOURS), title=leak, fontsize=8, ncols=3, loc="upper center")
     frames = [(s, n, img) for s, items in previews.items() for n, img in items]
     inner = grid[1, :].subgridspec(1, len(frames))
     for i, (stage, name, image) in enumerate(frames):
