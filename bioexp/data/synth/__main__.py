@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bioexp.data.synth.ptbxl import generate_ptbxl
 
@@ -47,42 +47,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def _generator(commands: argparse._SubParsersAction, name: str, help: str,
+               handler: Callable[[argparse.Namespace], str]) -> argparse.ArgumentParser:
+    """A subcommand with the options every generator shares: ``--out``, ``--seed``, ``--overwrite``."""
+    sub = commands.add_parser(name, help=help)
+    sub.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    sub.set_defaults(handler=handler)
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bioexp.data.synth", description="Write a synthetic data set in its real on-disk format."
     )
     commands = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    ptbxl = commands.add_parser("ptbxl", help="synthetic PTB-XL 1.0.3 (12-lead ECG, 10 s)")
-    ptbxl.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    ptbxl = _generator(commands, "ptbxl", "synthetic PTB-XL 1.0.3 (12-lead ECG, 10 s)", _ptbxl)
     ptbxl.add_argument("--records", type=_positive, default=2000, help="number of ECGs (default 2000)")
-    ptbxl.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     ptbxl.add_argument("--hr", action="store_true", help="also write the 500 Hz records500 folder")
-    ptbxl.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ptbxl.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
-    ptbxl.set_defaults(handler=_ptbxl)
-    cardiac = commands.add_parser("cardiac_us", help="synthetic echo probe-guidance transitions (Cardiac Dreamer)")
-    cardiac.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    cardiac = _generator(commands, "cardiac_us", "synthetic echo probe-guidance transitions (Cardiac Dreamer)",
+                         _cardiac_us)
     cardiac.add_argument("--patients", type=_positive, default=12, help="patients, one folder each (default 12)")
     cardiac.add_argument("--transitions", type=_positive, default=80, help="mean transitions per patient (default 80)")
     cardiac.add_argument("--size", type=_positive, default=224, help="frame size in pixels (default 224)")
-    cardiac.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    cardiac.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    cardiac.set_defaults(handler=_cardiac_us)
-    csi = commands.add_parser("csi", help="synthetic chest X-rays with per-zone congestion scores (CSI-Predictor)")
-    csi.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    csi = _generator(commands, "csi", "synthetic chest X-rays with per-zone congestion scores (CSI-Predictor)", _csi)
     csi.add_argument("--images", type=_positive, default=600, help="number of images (default 600)")
     csi.add_argument("--size", type=_positive, default=256, help="image size in pixels (default 256)")
     csi.add_argument("--ungradable", type=float, default=0.08, help="share of ungradable zones (default 0.08)")
-    csi.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
-    csi.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    csi.set_defaults(handler=_csi)
-    vitaldb = commands.add_parser("vitaldb", help="synthetic VitalDB .vital cases (ECG + PPG + ART, 500 Hz)")
-    vitaldb.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    vitaldb = _generator(commands, "vitaldb", "synthetic VitalDB .vital cases (ECG + PPG + ART, 500 Hz)", _vitaldb)
     vitaldb.add_argument("--cases", type=_positive, default=40, help="number of cases (default 40)")
     vitaldb.add_argument("--minutes", type=float, default=5.0, help="length of each case (default 5)")
-    vitaldb.add_argument("--seed", type=int, default=0, help="random seed; same seed, same signals (default 0)")
-    vitaldb.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    vitaldb.set_defaults(handler=_vitaldb)
     return parser
 
 
