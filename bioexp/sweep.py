@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,20 @@ def objective(ret: JobReturn) -> tuple[float | None, str | None]:
     return value, None
 
 
+def open_study(attempts: int = 5, **kwargs: Any) -> optuna.Study:
+    """``optuna.create_study``, retried: workers started together on a new database race to create its
+    schema, and the loser gets an IntegrityError/OperationalError although the study is fine a moment later."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, attempts):
+        try:
+            return optuna.create_study(**kwargs)
+        except (IntegrityError, OperationalError):
+            log.info("Study storage busy (another worker is creating it); retrying")
+            time.sleep(0.5 * attempt)
+    return optuna.create_study(**kwargs)
+
+
 class StudySweep(OptunaSweeperImpl):
     """The sweep loop (the plugin's search-space parsing and trial configuration are reused)."""
 
@@ -81,8 +96,8 @@ class StudySweep(OptunaSweeperImpl):
             distributions.pop(name, None)
         if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
             Path(self.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-                                    directions=self._get_directions(), load_if_exists=True)
+        study = open_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                           directions=self._get_directions(), load_if_exists=True)
         self._fail_interrupted(study)
         done = sum(counts(t) for t in study.get_trials(deepcopy=False))
         log.info("Study %s (%s): %d of %d trials done or running", study.study_name, self.storage, done, self.n_trials)

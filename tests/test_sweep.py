@@ -209,3 +209,33 @@ def test_each_familys_optuna_sweep_runs_three_trials(tmp_path, synth_root, famil
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["n_complete"] == 3 and results["n_failed"] == 0, results
     assert (tmp_path / "optuna" / f"{family}_optuna.db").is_file()
+
+
+def test_opening_a_study_retries_while_another_worker_creates_the_schema(tmp_path, monkeypatch):
+    """The losing worker of the schema-creation race gets an IntegrityError once; it retries and opens the study."""
+    from sqlalchemy.exc import IntegrityError
+
+    from bioexp import sweep
+
+    real, calls = optuna.create_study, []
+
+    def racing(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(sweep.optuna, "create_study", racing)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    study = sweep.open_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db", load_if_exists=True)
+    assert study.study_name == "s" and calls == ["s", "s"]
+
+    def broken(**kwargs):
+        calls.append(kwargs["study_name"])
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    calls.clear()
+    monkeypatch.setattr(sweep.optuna, "create_study", broken)
+    with pytest.raises(IntegrityError):  # a storage that stays broken is not retried for ever
+        sweep.open_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    assert len(calls) == 5
