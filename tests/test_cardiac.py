@@ -15,7 +15,7 @@ from PIL import Image
 from bioexp import se3
 from bioexp.data.cardiac_us import CardiacUSDataModule, action_stats, read_patient
 from bioexp.data.check import run_checks
-from bioexp.errors import DataNotFoundError
+from bioexp.errors import BioexpError, DataNotFoundError
 from bioexp.tasks.dreamer import CardiacDreamerTask
 from bioexp.train import train
 from tests.conftest import compose_cfg, run_cli
@@ -108,6 +108,29 @@ def test_datamodule_splits_by_patient_and_fits_stats_on_train_only(cohort, tmp_p
     assert item["patient"] in split["train"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["at1"].shape == (16, 6) and set(batch["patient"]) <= set(split["train"])
+
+
+def test_appearance_augmentation_is_seeded_train_only_and_keeps_the_anatomy_in_place(cohort):
+    augment = {"gain": 0.2, "gamma": 0.2, "blur": 1.0, "noise": 0.03}
+    dm = CardiacUSDataModule(str(cohort), image_size=64, num_workers=0, seed=3, augment=augment)
+    dm.setup()
+    plain = CardiacUSDataModule(str(cohort), image_size=64, num_workers=0, seed=3)
+    plain.setup()
+    train, clean = dm.datasets["train"], plain.datasets["train"]
+    first, again, other = train[(0, 7)], train[(0, 7)], train[(0, 8)]
+    assert torch.equal(first["image_t1"], again["image_t1"]) and not torch.equal(first["image_t1"], other["image_t1"])
+    original = clean[(0, 7)]["image_t1"]
+    changed = first["image_t1"]
+    assert changed.shape == original.shape and 0 <= changed.min() <= changed.max() <= 1
+    assert 0.005 < (changed - original).abs().mean() < 0.2
+    # intensity changes only: the anatomy stays where it was (shifting the image by 3 px is far worse)
+    correlation = np.corrcoef(changed.flatten(), original.flatten())[0, 1]
+    shifted = np.corrcoef(torch.roll(original, 3, dims=-1).flatten(), original.flatten())[0, 1]
+    assert correlation > 0.8 > shifted
+    for stage in ("val", "test"):
+        assert torch.equal(dm.datasets[stage][(0, 7)]["image_t1"], plain.datasets[stage][(0, 7)]["image_t1"])
+    with pytest.raises(BioexpError, match="unknown data.augment keys"):
+        CardiacUSDataModule(str(cohort), augment={"gain": 0.2, "flip": 0.5})
 
 
 def test_pre_training_check_passes_and_names_broken_entries(cohort, tmp_path):

@@ -14,6 +14,7 @@ normalisation statistics come from the training patients only; they reach the mo
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -212,14 +213,31 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise BioexpError(f"cannot read image {path} ({exc}); replace or remove the transition") from exc
 
 
+def augment_appearance(x: torch.Tensor, rng: np.random.Generator, gain: float = 0.2, gamma: float = 0.2,
+                       blur: float = 1.0, noise: float = 0.03) -> torch.Tensor:
+    """Acquisition changes that keep the geometry, on a ``[1, S, S]`` image in [0, 1]: overall gain and
+    gamma (gain/compression settings), Gaussian blur up to ``blur`` pixels (focus) and additive noise.
+
+    No flips, shifts or rotations: where the anatomy sits in the image is what encodes the probe pose.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    x = x.clamp(0, 1) ** float(np.exp(rng.uniform(-gamma, gamma))) * float(rng.uniform(1 - gain, 1 + gain))
+    sigma = float(rng.uniform(0.0, blur))
+    if sigma > 0.1:
+        x = F.gaussian_blur(x, kernel_size=2 * int(np.ceil(3 * sigma)) + 1, sigma=sigma)
+    noisy = x + torch.from_numpy(rng.normal(0.0, noise, x.shape).astype(np.float32))
+    return noisy.clamp(0, 1)
+
+
 class TransitionDataset(Dataset):
     """``(frame t1, frame t2, actions)`` items in physical units; the task normalises with saved stats.
 
     Decoded images are kept (uint8) because consecutive transitions share frames.
     """
 
-    def __init__(self, patients: Sequence[Patient], image_size: int) -> None:
-        self.image_size = image_size
+    def __init__(self, patients: Sequence[Patient], image_size: int, augment: dict[str, float] | None = None) -> None:
+        self.image_size, self.augment = image_size, augment
         self.index = [(p, i) for p in patients for i in range(len(p))]
         self._images: dict[Path, np.ndarray] = {}
 
@@ -232,9 +250,14 @@ class TransitionDataset(Dataset):
         return torch.from_numpy(self._images[path]).float().div(255.0).unsqueeze(0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        index = item[0] if isinstance(item, tuple) else item  # EpochSampler yields (index, item seed)
+        index, item_seed = item if isinstance(item, tuple) else (item, None)  # EpochSampler: (index, item seed)
         patient, i = self.index[index]
-        return {"image_t1": self._image(patient.image_t1[i]), "image_t2": self._image(patient.image_t2[i]),
+        t1, t2 = self._image(patient.image_t1[i]), self._image(patient.image_t2[i])
+        if self.augment:
+            seed = item_seed if item_seed is not None else int(torch.randint(0, 2**62, ()).item())
+            rng = np.random.default_rng(seed)
+            t1, t2 = (augment_appearance(t, rng, **self.augment) for t in (t1, t2))
+        return {"image_t1": t1, "image_t2": t2,
                 "at1": torch.from_numpy(patient.at1[i]), "action_change": torch.from_numpy(patient.change[i]),
                 "at2": torch.from_numpy(patient.at2[i]), "patient": patient.name}
 
@@ -250,8 +273,12 @@ class CardiacUSDataModule(SplitDataModule):
                  persistent_workers: bool = True, pin_memory: bool = False,
                  split_ratios: Sequence[float] = (0.7, 0.15, 0.15), train_patients: Sequence[str] | None = None,
                  val_patients: Sequence[str] | None = None, test_patients: Sequence[str] | None = None,
-                 fold: int | None = None, num_folds: int = 5, seed: int = 0, synthesize: dict | None = None) -> None:
+                 fold: int | None = None, num_folds: int = 5, seed: int = 0, synthesize: dict | None = None,
+                 augment: dict[str, float] | None = None) -> None:
         super().__init__()
+        unknown = set(augment or {}) - set(inspect.signature(augment_appearance).parameters) - {"x", "rng"}
+        if unknown:
+            raise BioexpError(f"unknown data.augment keys {sorted(unknown)}; choose from gain, gamma, blur, noise")
         self.save_hyperparameters()
         self.root = Path(root)
         self._patients: dict[str, Patient] | None = None
@@ -330,7 +357,8 @@ class CardiacUSDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         size = self.hparams.image_size
-        self.datasets = {s: TransitionDataset([self.patients[n] for n in names], size)
+        self.datasets = {s: TransitionDataset([self.patients[n] for n in names], size,
+                                              self.hparams.augment if s == "train" else None)
                          for s, names in self.split.items()}
 
 
