@@ -265,7 +265,7 @@ class TransitionDataset(Dataset):
 class CardiacUSDataModule(SplitDataModule):
     """Patient-level splits of Cardiac Dreamer transitions (see the module docstring).
 
-    ``synthesize`` (e.g. ``{patients: 12, transitions: 80, size: 224, seed: 0}``) writes synthetic data at
+    ``synthesize`` (e.g. ``{patients: 24, transitions: 40, size: 224, seed: 0}``) writes synthetic data at
     ``root`` when it is missing or empty, so a first run needs no download.
     """
 

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptbxl.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
     cardiac = _generator(commands, "cardiac_us", "synthetic echo probe-guidance transitions (Cardiac Dreamer)",
                          _cardiac_us)
-    cardiac.add_argument("--patients", type=_positive, default=12, help="patients, one folder each (default 12)")
-    cardiac.add_argument("--transitions", type=_positive, default=80, help="mean transitions per patient (default 80)")
+    cardiac.add_argument("--patients", type=_positive, default=24, help="patients, one folder each (default 24)")
+    cardiac.add_argument("--transitions", type=_positive, default=40, help="mean transitions per patient (default 40)")
     cardiac.add_argument("--size", type=_positive, default=224, help="frame size in pixels (default 224)")
     csi = _generator(commands, "csi", "synthetic chest X-rays with per-zone congestion scores (CSI-Predictor)", _csi)
     csi.add_argument("--images", type=_positive, default=600, help="number of images (default 600)")
