@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import bioexp.utils.resolvers  # noqa: F401  (registers ${wandb_offline:})
+import bioexp.utils.resolvers  # noqa: F401  (registers ${launch_dir:}, ${wandb_offline:})
 from bioexp.utils.run import report_user_errors
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -83,6 +83,14 @@ def test_user_errors_are_one_line(tmp_path, args, module, message):
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_multirun_without_a_sweep_dir_lands_under_the_launch_directory(tmp_path):
+    """The README's multiruns name no hydra.sweep.dir: the default (under paths.log_dir) must resolve."""
+    result = run_cli(["-m", "experiment=bvae", "seed=1,2", *TINY, "trainer.max_epochs=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert {p.name for p in sweep.glob("[0-9]")} == {"0", "1"} and (sweep / "seed_summary.md").is_file()
+
+
 @pytest.mark.slow
 def test_optuna_sweep_of_the_baseline(tmp_path):
     sweep = tmp_path / "sweep"

@@ -25,7 +25,7 @@ def run_checks(overrides: Sequence[str]) -> list[tuple[bool, str]]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)  # ${hydra:runtime.cwd} in paths resolves as in a run
+    HydraConfig().set_config(cfg)  # ${hydra:...} in paths resolves as in a run
     with open_dict(cfg):
         del cfg["hydra"]
     datamodule = instantiate(cfg.data, _convert_="all")

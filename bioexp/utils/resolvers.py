@@ -23,5 +23,19 @@ def wandb_offline() -> bool:
         return True
 
 
+def launch_dir() -> str:
+    """The directory bioexp was started from: Hydra's ``runtime.cwd`` inside a job, else the process's cwd.
+
+    ``${hydra:runtime.cwd}`` cannot be resolved while a sweeper names its sweep dir (no job config exists
+    yet), which made every multirun without an explicit ``hydra.sweep.dir`` fail; before any job runs, the
+    process's cwd is the same directory.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+if not OmegaConf.has_resolver("launch_dir"):
+    OmegaConf.register_new_resolver("launch_dir", launch_dir)
 if not OmegaConf.has_resolver("wandb_offline"):
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
