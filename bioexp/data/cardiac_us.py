@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bioexp import se3
 from bioexp.data.base import SplitDataModule
+from bioexp.data.sampling import item_rng
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,7 @@ class TransitionDataset(Dataset):
         patient, i = self.index[index]
         t1, t2 = self._image(patient.image_t1[i]), self._image(patient.image_t2[i])
         if self.augment:
-            seed = item_seed if item_seed is not None else int(torch.randint(0, 2**62, ()).item())
-            rng = np.random.default_rng(seed)
+            rng = item_rng(item_seed)
             t1, t2 = (augment_appearance(t, rng, **self.augment) for t in (t1, t2))
         return {"image_t1": t1, "image_t2": t2,
                 "at1": torch.from_numpy(patient.at1[i]), "action_change": torch.from_numpy(patient.change[i]),

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.base import SplitDataModule
+from bioexp.data.sampling import item_rng
 from bioexp.data.synth.csi import ZONES
 from bioexp.errors import BioexpError, DataNotFoundError
 
@@ -198,8 +199,7 @@ class CSIDataset(Dataset):
         i, item_seed = key if isinstance(key, tuple) else (key, None)
         x = torch.from_numpy(np.array(self.images[self.rows[i]], dtype=np.float32))[None]
         if self.augment:
-            seed = item_seed if item_seed is not None else int(torch.randint(0, 2**62, ()).item())
-            x = augment_image(x, np.random.default_rng(seed), **self.augment)
+            x = augment_image(x, item_rng(item_seed), **self.augment)
         x = x.expand(3, -1, -1)
         stats = NORMALIZATIONS[self.normalize]
         if stats is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -32,3 +33,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
         item_seeds = rng.integers(0, 2**62, self.size)
         return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
+
+
+def item_rng(item_seed: int | None) -> np.random.Generator:
+    """The generator for one item's randomness: from its ``EpochSampler`` seed (reproducible, resumable),
+    or, for plain integer keys, seeded from torch's global RNG (so ``seed_everything`` still governs it)."""
+    return np.random.default_rng(item_seed if item_seed is not None else int(torch.randint(0, 2**62, ()).item()))
