@@ -34,11 +34,16 @@ def sample_grid(ckpt_path: str | Path, n: int = 64, seed: int = 0, eps: float = 
         raise BioexpError(f"{ckpt_path} holds a {task.__name__}, which cannot sample; pass a binary VAE checkpoint")
     if not isinstance(n, int) or n < 1:
         raise BioexpError(f"n must be a positive number of samples, got {n}")
+    if not isinstance(eps, int | float) or not 0 <= eps < 1:  # a negative eps would silently mean no noise
+        raise BioexpError(f"eps must be a bit-flip probability in [0, 1), got {eps!r}")
     model = task.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
     generator = torch.Generator().manual_seed(seed)
     images = model.sample(n, eps=eps, generator=generator)
     if binary:
         images = torch.bernoulli(images, generator=generator)
+    if not model.hparams.get("image_shape"):
+        raise BioexpError(f"{ckpt_path} does not record its image shape; "
+                          "sample from a checkpoint written by bioexp.train")
     height, width = model.hparams.image_shape
     images = images.reshape(n, 1, height, width)
     images = F.interpolate(images, scale_factor=math.ceil(28 / height), mode="nearest")  # 8x8 digits: 32x32 tiles

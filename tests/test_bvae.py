@@ -15,12 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from bioexp.compare import reductions
+from bioexp.compare import best_checkpoint, reductions, write
 from bioexp.data.binary import BinaryDataModule, load_mnist, read_idx, split_indices
 from bioexp.errors import BioexpError, DataNotFoundError
-from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, relaxed_bernoulli
+from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, relaxed_bernoulli, repetition_error_rate
 from bioexp.tasks.bvae import SET_LATENTS, BinaryVAE, check_ecc
 from bioexp.train import CONF_DIR
+from tests.conftest import shared_data
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 GUIDE_SETS = {0: (100, 100, 2), 1: (200, 100, 2), 2: (100, 200, 2), 3: (200, 200, 2), 4: (200, 200, 3),
@@ -128,8 +131,44 @@ def test_ecc_validation_names_the_compatible_sets():
         check_ecc(100, "hamming", 2)
     with pytest.raises(BioexpError, match="ecc_R must be an integer >= 2"):
         check_ecc(100, "repetition", 1)
-    check_ecc(300, "repetition", 3)
-    check_ecc(101, None, 3)
+    assert check_ecc(300, "repetition", 3) == 3
+    assert check_ecc(101, None, None) is None
+
+
+def test_ecc_R_without_ecc_type_is_an_error():
+    """It used to train a plain VAE silently."""
+    with pytest.raises(BioexpError, match=r"model.ecc_R=3 has no effect without an ECC: add model.ecc_type=repetition"):
+        check_ecc(300, None, 3)
+    with pytest.raises(BioexpError, match="model.ecc_R=3 has no effect"):
+        BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, ecc_R=3)
+
+
+def test_ecc_R2_warns_that_it_corrects_nothing(caplog):
+    with caplog.at_level("WARNING", logger="bioexp.tasks.bvae"):
+        assert check_ecc(300, "repetition", 3) == 3
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="bioexp.tasks.bvae"):
+        model = BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, ecc_type="repetition")
+    assert model.hparams.ecc_R == 2 and model.info_bits == 3  # the guide's default R when only the type is given
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "R=2 corrects no channel error" in record.getMessage()
+    assert "model.ecc_R=3" in record.getMessage()
+
+
+def test_theoretical_decoded_bit_error_rates():
+    for eps in (0.01, 0.05, 0.1):
+        assert repetition_error_rate(1, eps) == pytest.approx(eps)
+        assert repetition_error_rate(2, eps) == pytest.approx(eps)  # majority of two: nothing corrected
+        assert repetition_error_rate(3, eps) == pytest.approx(3 * eps**2 - 2 * eps**3)
+    # R=4: wrong with 3 or 4 flips, or 2 flips including the first copy (3 of the 6 pairs).
+    eps = 0.1
+    assert repetition_error_rate(4, eps) == pytest.approx(4 * eps**3 * 0.9 + eps**4 + 3 * eps**2 * 0.9**2)
+    model = BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, ecc_type="repetition", ecc_R=3)
+    assert model.expected_error_rates() == pytest.approx(
+        {"code_R": 3, "latent_ber_theory_eps0.01": 0.000298, "latent_ber_theory_eps0.05": 0.00725,
+         "latent_ber_theory_eps0.1": 0.028})
+    with pytest.raises(BioexpError, match=r"model.flip_eps must be bit-flip probabilities in \(0, 1\)"):
+        BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, flip_eps=(0.05, -0.1))
 
 
 def test_parameter_set_files_match_the_guide_and_the_validation_table():
@@ -185,22 +224,96 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.tobytes()) if path.suffix == ".gz" else header + array.tobytes())
 
 
-def test_mnist_idx_files_in_torchvision_layout(tmp_path):
+def test_subset_zero_means_the_full_set_and_too_large_a_subset_warns(caplog):
+    for subset in (0, None):
+        dm = BinaryDataModule(subset=subset)
+        dm.setup()
+        assert sum(len(d) for d in dm.datasets.values()) == 1797
+    with caplog.at_level("WARNING", logger="bioexp.data.binary"):
+        dm = BinaryDataModule(subset=5000)
+        dm.setup()
+    assert sum(len(d) for d in dm.datasets.values()) == 1797
+    assert "data.subset=5000 exceeds the 1797 digits images; using all of them" in caplog.text
+    for subset in (-1, 5):
+        with pytest.raises(BioexpError, match=f"data.subset={subset}: use at least 10 images, or 0/null"):
+            BinaryDataModule(subset=subset)
+
+
+def _mnist_root(tmp_path: Path, n_train: int = 600, gz: bool = True,
+                n_labels: int | None = None) -> tuple[Path, np.ndarray]:
+    """The real t10k files next to a fake training pair of ``n_train`` images (classes in turn), in torchvision's
+    layout; ``gz=False`` stores every file decompressed. Returns the root and the fake training images."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), "t10k": rng.integers(0, 256, (10, 28, 28),
-                                                                                                   dtype=np.uint8)}
-    for split, suffix in (("train", ".gz"), ("t10k", "")):
-        _write_idx(raw / f"{split}-images-idx3-ubyte{suffix}", images[split])
-        _write_idx(raw / f"{split}-labels-idx1-ubyte{suffix}", np.arange(len(images[split]), dtype=np.uint8) % 10)
-    assert np.array_equal(read_idx(raw / "t10k-images-idx3-ubyte"), images["t10k"])
-    x, y, shape = load_mnist(tmp_path)
-    assert x.shape == (40, 784) and shape == (28, 28) and x.max() <= 1 and y[:3].tolist() == [0, 1, 2]
-    assert np.allclose(x[0], images["train"][0].reshape(-1) / 255)
-    dm = BinaryDataModule(source="mnist", root=str(tmp_path), val_frac=0.25, test_frac=0.25)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        packed = shared_data("mnist", f"{name}.gz").read_bytes()
+        (raw / (f"{name}.gz" if gz else name)).write_bytes(packed if gz else gzip.decompress(packed))
+    images = np.random.default_rng(0).integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    suffix = ".gz" if gz else ""
+    _write_idx(raw / f"train-images-idx3-ubyte{suffix}", images)
+    _write_idx(raw / f"train-labels-idx1-ubyte{suffix}", np.arange(n_labels or n_train, dtype=np.uint8) % 10)
+    return tmp_path, images
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_official_split_tests_on_the_real_t10k(tmp_path, gz):
+    root, train_images = _mnist_root(tmp_path, gz=gz)
+    data = load_mnist(root)
+    assert data.x.shape == (10_600, 784) and data.shape == (28, 28) and data.n_train == 600
+    assert np.allclose(data.x[0], train_images[0].reshape(-1) / 255) and data.x.max() <= 1
+    dm = BinaryDataModule(source="mnist", root=str(root), subset=0, test_frac=None)  # the YAML's defaults
+    assert dm.hparams.split == "official"
     dm.setup()
-    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [20, 10, 10]
+    test, val, train = dm.datasets["test"], dm.datasets["val"], dm.datasets["train"]
+    assert len(test) == 10_000 and np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
+    t10k = read_idx(shared_data("mnist", "t10k-images-idx3-ubyte.gz"))
+    assert np.array_equal(test.intensities, t10k.reshape(10_000, -1) / np.float32(255))  # in file order
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first t10k labels, as published
+    # Validation: 10% of the 600 training images, stratified (6 per class), disjoint from train.
+    assert len(val) == 60 and np.bincount(val.labels).tolist() == [6] * 10 and len(train) == 540
+    train_rows = {row.tobytes() for row in train.intensities}
+    assert not any(row.tobytes() in train_rows for row in val.intensities)
+    # Seeded: the same seed gives the same validation images, another seed others.
+    again, other = (BinaryDataModule(source="mnist", root=str(root), test_frac=None, seed=s) for s in (0, 1))
+    again.setup(), other.setup()
+    assert np.array_equal(again.datasets["val"].intensities, val.intensities)
+    assert not np.array_equal(other.datasets["val"].intensities, val.intensities)
+    # subset cuts the training images only, stratified; t10k stays whole.
+    small = BinaryDataModule(source="mnist", root=str(root), test_frac=None, subset=200)
+    small.setup()
+    assert [len(small.datasets[s]) for s in ("train", "val", "test")] == [180, 20, 10_000]
+    kept = np.concatenate([small.datasets["train"].labels, small.datasets["val"].labels])
+    # Stratified up to sklearn's rounding of 200/600 x 60 (one image either way per class).
+    assert np.abs(np.bincount(kept) - 20).max() <= 1
+    assert np.abs(np.bincount(small.datasets["val"].labels) - 2).max() <= 1
+
+
+def test_mnist_pooled_split_is_the_option(tmp_path):
+    root, _ = _mnist_root(tmp_path)
+    dm = BinaryDataModule(source="mnist", root=str(root), split="pooled", test_frac=0.1)
+    dm.setup()
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [8480, 1060, 1060]
+    with pytest.raises(BioexpError, match="data.test_frac=0.1 applies to data.split=pooled only"):
+        BinaryDataModule(source="mnist", root=str(root), split="official", test_frac=0.1)
+    with pytest.raises(BioexpError, match="data.split=pooled needs data.test_frac"):
+        BinaryDataModule(source="mnist", root=str(root), split="pooled", test_frac=None)
+    with pytest.raises(BioexpError, match="data.source=digits has no official split; use data.split=pooled"):
+        BinaryDataModule(split="official")
+
+
+def test_mnist_image_and_label_counts_must_agree(tmp_path):
+    root, _ = _mnist_root(tmp_path, n_labels=599)
+    with pytest.raises(BioexpError, match=r"train-images-idx3-ubyte.gz holds 600 images but .*"
+                                          r"train-labels-idx1-ubyte.gz holds 599 labels; the pair must match"):
+        load_mnist(root)
+
+
+def test_mnist_config_composes_to_the_official_split():
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        mnist = compose("train", overrides=["experiment=bvae", "data=mnist", "data.root=/x"]).data
+        digits = compose("train", overrides=["experiment=bvae"]).data
+    assert (mnist.split, mnist.test_frac, mnist.val_frac, mnist.subset) == ("official", None, 0.1, None)
+    assert (digits.split, digits.test_frac) == ("pooled", 0.1)
 
 
 def test_missing_mnist_says_where_to_get_it(tmp_path):
@@ -215,8 +328,8 @@ def test_missing_mnist_says_where_to_get_it(tmp_path):
 @pytest.mark.parametrize("ecc", [None, "repetition"])
 def test_gradient_reaches_the_encoder_through_the_straight_through_path(ecc):
     torch.manual_seed(0)
-    model = BinaryVAE(input_dim=64, optimizer=ADAM, hidden=16, latent=12, depth=1, ecc_type=ecc, ecc_R=3,
-                      beta_warmup_epochs=0, beta_max=0.0, lambda_consistency=0.0).train()
+    model = BinaryVAE(input_dim=64, optimizer=ADAM, hidden=16, latent=12, depth=1, ecc_type=ecc,
+                      ecc_R=3 if ecc else None, beta_warmup_epochs=0, beta_max=0.0, lambda_consistency=0.0).train()
     x = (torch.rand(8, 64) > 0.5).float()
     model._losses(x)["recon_loss"].backward()
     assert model.encoder[0].weight.grad.abs().sum() > 0
@@ -262,3 +375,36 @@ def test_reductions_against_the_first_row():
     table = pd.DataFrame({"latent_ber_eps0.05": [0.05, 0.01], "neg_elbo": [20.0, 21.0]}, index=["base", "ecc"])
     assert reductions(table).loc["ecc", "latent_ber_eps0.05"] == pytest.approx(0.8)
     assert "neg_elbo" not in reductions(table).columns
+
+
+def test_comparison_markdown_flags_R2(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"code_R": [1, 2], "latent_ber_eps0.05": [0.05, 0.049],
+                          "latent_ber_theory_eps0.05": [0.05, 0.05], "checkpoint": ["a", "b"]},
+                         index=["baseline", "ECC R=2"])
+    markdown = write(table, tmp_path)
+    assert "R=2 (ECC R=2): a majority of two copies ties whenever one flips, so it corrects no channel" in markdown
+    assert reductions(table).loc["ECC R=2", "latent_ber_theory_eps0.05"] == 0
+
+
+def test_compare_picks_the_recorded_best_checkpoint_and_never_guesses(tmp_path, caplog):
+    import json
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for epoch in (9, 10):
+        (run / "checkpoints" / f"epoch_{epoch:03d}.ckpt").write_bytes(b"x")
+    with pytest.raises(BioexpError, match="records no best checkpoint .* holds 2: epoch_009.ckpt, epoch_010.ckpt"):
+        best_checkpoint(run)
+    # A moved run dir: the recorded absolute path is gone, the same file name under checkpoints/ is used.
+    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": "/elsewhere/checkpoints/epoch_009.ckpt"}))
+    assert best_checkpoint(run) == run / "checkpoints" / "epoch_009.ckpt"
+    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": "/elsewhere/checkpoints/epoch_003.ckpt"}))
+    with pytest.raises(BioexpError, match="best checkpoint /elsewhere/checkpoints/epoch_003.ckpt, which is gone"):
+        best_checkpoint(run)
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "epoch_010.ckpt").unlink()
+    with caplog.at_level("WARNING", logger="bioexp.compare"):
+        assert best_checkpoint(run).name == "epoch_009.ckpt"
+    assert "has no best checkpoint on record" in caplog.text

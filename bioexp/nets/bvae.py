@@ -46,6 +46,19 @@ def kl_to_uniform_bernoulli(logits: torch.Tensor) -> torch.Tensor:
     return q * F.logsigmoid(logits) + (1 - q) * F.logsigmoid(-logits) + math.log(2.0)
 
 
+def repetition_error_rate(R: int, eps: float) -> float:
+    """Theoretical decoded-bit error rate of majority voting over R copies, each flipped with probability ``eps``.
+
+    Wrong when more than half the copies flip, or (even R) exactly half do and the first copy, which wins
+    ties, is among them (probability 1/2). ``R=1`` (no code) and ``R=2`` both give ``eps``: a majority of
+    two corrects nothing.
+    """
+    wrong = sum(math.comb(R, k) * eps**k * (1 - eps) ** (R - k) for k in range(R // 2 + 1, R + 1))
+    if R % 2 == 0:
+        wrong += 0.5 * math.comb(R, R // 2) * (eps * (1 - eps)) ** (R // 2)
+    return wrong
+
+
 class RepetitionCode(nn.Module):
     """Repeat each of K information bits R times (code bit ``k*R + r`` is a copy of bit ``k``).
 

@@ -17,6 +17,7 @@ compares epochs fairly during the warm-up.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,43 +25,64 @@ import torch
 import torch.nn.functional as F
 
 from bioexp.errors import BioexpError
-from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, mlp, relaxed_bernoulli
+from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, mlp, relaxed_bernoulli, repetition_error_rate
 from bioexp.tasks.base import Task
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 ECC_TYPES = (None, "repetition")
+DEFAULT_R = 2  # the guide's --ecc-R
+R2_WARNING = ("model.ecc_R=2: a majority of two copies ties whenever one copy flips, so R=2 corrects no channel "
+              "error (decoded-bit error rate = eps, as without a code; it only detects a disagreement). "
+              "To correct one flip per bit use model.ecc_R=3 (model/bvae_set=set5 or set7)")
 # Latent size of the training guide's parameter sets (conf/model/bvae_set/set<n>.yaml; a test keeps them in sync).
 SET_LATENTS = {0: 100, 1: 100, 2: 200, 3: 200, 4: 200, 5: 300, 6: 200, 7: 300}
 
 
-def check_ecc(latent: int, ecc_type: str | None, ecc_R: int) -> None:
-    """Reject an ECC configuration that cannot work, naming the parameter sets that fit."""
+def check_ecc(latent: int, ecc_type: str | None, ecc_R: int | None) -> int | None:
+    """Reject an ECC configuration that cannot work (naming the parameter sets that fit); return the R in use.
+
+    ``ecc_R`` without ``ecc_type`` is an error (it would silently train a plain VAE); ``ecc_type`` without
+    ``ecc_R`` uses the guide's R=2. R=2 logs a WARNING: a majority of two ties on one flipped copy, so it
+    corrects no channel error.
+    """
     if ecc_type not in ECC_TYPES:
         raise BioexpError(f"unknown model.ecc_type {ecc_type!r}; choose repetition or null (no ECC)")
     if ecc_type is None:
-        return
-    if not isinstance(ecc_R, int) or ecc_R < 2:
+        if ecc_R is not None:
+            raise BioexpError(f"model.ecc_R={ecc_R} has no effect without an ECC: add model.ecc_type=repetition "
+                              "(or experiment=bvae_ecc), or drop model.ecc_R")
+        return None
+    ecc_R = DEFAULT_R if ecc_R is None else ecc_R
+    if not isinstance(ecc_R, int) or isinstance(ecc_R, bool) or ecc_R < 2:
         raise BioexpError(f"model.ecc_R must be an integer >= 2 (the guide uses 2 or 3), got {ecc_R!r}")
     if latent % ecc_R:
         sets = [str(s) for s, n in SET_LATENTS.items() if n % ecc_R == 0]
         fit = f"parameter set {' or '.join(sets)} (model/bvae_set=set{sets[0]})" if sets else "a different latent"
         raise BioexpError(f"ECC needs model.latent divisible by model.ecc_R, but {latent} % {ecc_R} = "
                           f"{latent % ecc_R}; R={ecc_R} needs {fit}, or set model.latent to a multiple of {ecc_R}")
+    if ecc_R == 2:
+        log.warning(R2_WARNING)
+    return ecc_R
 
 
 class BinaryVAE(Task):
     """MLP encoder ``x -> N logits``, MLP decoder ``K bits -> x logits`` (K = N, or N / R with ECC)."""
 
     def __init__(self, input_dim: int, optimizer: dict[str, Any], hidden: int = 200, latent: int = 100,
-                 depth: int = 2, ecc_type: str | None = None, ecc_R: int = 2, beta_max: float = 1.0,
+                 depth: int = 2, ecc_type: str | None = None, ecc_R: int | None = None, beta_max: float = 1.0,
                  beta_warmup_epochs: int = 10, temperature: float = 1.0, temperature_decay: float = 1e-4,
                  temperature_min: float = 0.4, lambda_consistency: float = 0.01, iw_samples: int = 100,
                  flip_eps: tuple[float, ...] = (0.01, 0.05, 0.1), image_shape: list[int] | None = None,
                  scheduler: dict[str, Any] | None = None) -> None:
         super().__init__(optimizer, scheduler)
-        check_ecc(latent, ecc_type, ecc_R)
+        ecc_R = check_ecc(latent, ecc_type, ecc_R)
+        if not all(0 < eps < 1 for eps in flip_eps):
+            raise BioexpError(f"model.flip_eps must be bit-flip probabilities in (0, 1), got {list(flip_eps)}")
         self.save_hyperparameters()
-        self.code = RepetitionCode(ecc_R) if ecc_type == "repetition" else None
+        self.hparams.ecc_R = ecc_R  # the R in use (the guide's 2 when only ecc_type was given)
+        self.code = RepetitionCode(ecc_R) if ecc_R else None
         self.info_bits = self.code.info_bits(latent) if self.code else latent
         self.encoder = mlp(input_dim, hidden, latent, depth)
         self.decoder = mlp(self.info_bits, hidden, input_dim, depth)
@@ -71,6 +93,13 @@ class BinaryVAE(Task):
         hp = self.hparams
         ecc = f"ECC R={hp.ecc_R} (K={self.info_bits}, N={hp.latent})" if self.code else f"baseline (K=N={hp.latent})"
         return f"{ecc}, hidden {hp.hidden}, depth {hp.depth}"
+
+    def expected_error_rates(self) -> dict[str, float]:
+        """The code's repetition factor R (1 without ECC) and, per channel ``flip_eps``, the theoretical
+        decoded-bit error rate of majority voting (``latent_ber_theory_eps<eps>``) beside the measured one."""
+        R = self.code.R if self.code else 1
+        return {"code_R": R, **{f"latent_ber_theory_eps{eps:g}": repetition_error_rate(R, eps)
+                                for eps in self.hparams.flip_eps}}
 
     # -- schedules --------------------------------------------------------------------------------
     @property
