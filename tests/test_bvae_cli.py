@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,9 +29,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("experiment", "extra"), [("bvae", []), ("bvae_ecc", ["model.ecc_R=2"])])
-def test_each_experiment_runs_one_batch(tmp_path, experiment, extra):
-    summary, _ = train(compose_cfg([f"experiment={experiment}", "debug=fdr", *TINY, *extra], tmp_path))
+def test_each_experiment_runs_one_batch(tmp_path, caplog, experiment, extra):
+    with caplog.at_level("WARNING", logger="bioexp.tasks.bvae"):
+        summary, _ = train(compose_cfg([f"experiment={experiment}", "debug=fdr", *TINY, *extra], tmp_path))
     assert {"train/loss", "val/loss", "test/iw_nll", "test/output_ber_eps0.05"} <= set(summary["metrics"])
+    assert ("R=2 corrects no channel error" in caplog.text) == (experiment == "bvae_ecc")
+
+
+def test_mnist_trains_on_the_official_split(tmp_path):
+    """data=mnist as shipped, on the real t10k files next to a small fake training pair."""
+    from tests.test_bvae import MNIST_TEST_COUNTS, _mnist_root
+
+    root, _ = _mnist_root(tmp_path / "data", n_train=300)
+    cfg = compose_cfg(["experiment=bvae", "data=mnist", f"data.root={root}", "data.num_workers=0", "debug=fdr",
+                       *TINY, "data.subset=0"], tmp_path / "run")
+    summary, _ = train(cfg)
+    assert {"val/loss", "test/iw_nll"} <= set(summary["metrics"])
+    from bioexp.data.binary import BinaryDataModule
+
+    dm = BinaryDataModule(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    dm.setup()
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [270, 30, 10_000]
+    assert np.bincount(dm.datasets["test"].labels).tolist() == MNIST_TEST_COUNTS
 
 
 @pytest.mark.slow
@@ -57,7 +77,12 @@ def test_comparison_table_of_baseline_and_ecc(runs, tmp_path):
         assert table[column].notna().all(), column
     assert (table["iw_nll"] <= table["neg_elbo"] + 0.5).all()  # the IW bound is (nearly) as tight or tighter
     assert table.loc[table.index[0], "latent_ber_eps0.05"] == pytest.approx(0.05, abs=0.02)
-    assert "Relative error-rate reduction" in (tmp_path / "comparison.md").read_text()
+    # R=2 corrects nothing: its theoretical decoded-bit error rate is the channel's, as the baseline's.
+    assert table["code_R"].tolist() == [1, 2]
+    assert table["latent_ber_theory_eps0.05"].tolist() == pytest.approx([0.05, 0.05])
+    assert list(table.columns).index("latent_ber_theory_eps0.05") == list(table.columns).index("latent_ber_eps0.05") + 1
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "Relative error-rate reduction" in markdown and "R=2 (ECC R=2 (K=50, N=100)" in markdown
 
 
 @pytest.mark.slow
@@ -75,6 +100,7 @@ def test_sampling_writes_an_image_grid(runs):
     (["experiment=bvae_ecc", "model/bvae_set=set0", "model.ecc_R=3"], "bioexp.train",
      "R=3 needs parameter set 5 or 7 (model/bvae_set=set5)"),
     (["experiment=bvae", "data=mnist", "data.root=/nonexistent"], "bioexp.train", "torchvision.datasets import MNIST"),
+    (["experiment=bvae", "model.ecc_R=3"], "bioexp.train", "model.ecc_R=3 has no effect without an ECC"),
     (["ckpt_path=/nonexistent.ckpt"], "bioexp.sample", "checkpoint not found"),
     (["runs=[/nonexistent]"], "bioexp.compare", "/nonexistent does not exist"),
 ])
