@@ -11,6 +11,7 @@ majority voting (R=2 rows get a note: a majority of two corrects nothing).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from datetime import datetime
@@ -86,7 +87,9 @@ def test_checkpoint(path: Path, accelerator: str = "cpu") -> tuple[str, dict[str
     if not meta["provenance"].get("datamodule") or meta["datamodule_hparams"] is None:
         raise BioexpError(f"{path} does not record its data; compare checkpoints written by bioexp.train")
     model = task_class(meta["provenance"]["task"]).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    datamodule = get_class(meta["provenance"]["datamodule"])(**meta["datamodule_hparams"])
+    datamodule_class = get_class(meta["provenance"]["datamodule"])
+    warn_unrecorded_options(path, datamodule_class, meta["datamodule_hparams"])
+    datamodule = datamodule_class(**meta["datamodule_hparams"])
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
@@ -95,6 +98,16 @@ def test_checkpoint(path: Path, accelerator: str = "cpu") -> tuple[str, dict[str
     if hasattr(model, "expected_error_rates"):
         metrics.update(model.expected_error_rates())
     return getattr(model, "label", type(model).__name__), metrics, data_identity(meta["datamodule_hparams"])
+
+
+def warn_unrecorded_options(path: Path, datamodule_class: type, hparams: dict[str, Any]) -> list[str]:
+    """WARN about data options the checkpoint predates: their current defaults may select other test images
+    than the model was trained with (e.g. ``split`` of MNIST checkpoints from before the official split)."""
+    unrecorded = [name for name in inspect.signature(datamodule_class).parameters if name not in hparams]
+    if unrecorded:
+        log.warning("%s was written before data option(s) %s existed; testing with their current defaults",
+                    path, ", ".join(unrecorded))
+    return unrecorded
 
 
 def data_identity(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from bioexp.compare import best_checkpoint, reductions, write
+from bioexp.compare import best_checkpoint, reductions, warn_unrecorded_options, write
 from bioexp.data.binary import BinaryDataModule, load_mnist, read_idx, split_indices
 from bioexp.errors import BioexpError, DataNotFoundError
 from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, relaxed_bernoulli, repetition_error_rate
@@ -408,3 +408,13 @@ def test_compare_picks_the_recorded_best_checkpoint_and_never_guesses(tmp_path, 
     with caplog.at_level("WARNING", logger="bioexp.compare"):
         assert best_checkpoint(run).name == "epoch_009.ckpt"
     assert "has no best checkpoint on record" in caplog.text
+
+
+def test_compare_warns_about_data_options_a_checkpoint_predates(caplog):
+    old = {"source": "mnist", "root": "/data", "binarize": "threshold", "threshold": 0.5, "subset": None,
+           "val_frac": 0.1, "test_frac": 0.1, "batch_size": 128, "num_workers": 2, "pin_memory": False, "seed": 0}
+    with caplog.at_level("WARNING", logger="bioexp.compare"):
+        assert warn_unrecorded_options(Path("old.ckpt"), BinaryDataModule, old) == ["split"]
+        assert warn_unrecorded_options(Path("new.ckpt"), BinaryDataModule, {**old, "split": "pooled"}) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "old.ckpt was written before data option(s) split existed; testing with their current defaults"]
