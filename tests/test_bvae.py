@@ -169,6 +169,8 @@ def test_theoretical_decoded_bit_error_rates():
          "latent_ber_theory_eps0.1": 0.028})
     with pytest.raises(BioexpError, match=r"model.flip_eps must be bit-flip probabilities in \(0, 1\)"):
         BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, flip_eps=(0.05, -0.1))
+    with pytest.raises(BioexpError, match="model.iw_samples must be a positive number"):
+        BinaryVAE(input_dim=4, optimizer=ADAM, hidden=4, latent=6, depth=1, iw_samples=0)
 
 
 def test_parameter_set_files_match_the_guide_and_the_validation_table():

@@ -80,6 +80,8 @@ class BinaryVAE(Task):
         ecc_R = check_ecc(latent, ecc_type, ecc_R)
         if not all(0 < eps < 1 for eps in flip_eps):
             raise BioexpError(f"model.flip_eps must be bit-flip probabilities in (0, 1), got {list(flip_eps)}")
+        if not isinstance(iw_samples, int) or iw_samples < 1:
+            raise BioexpError(f"model.iw_samples must be a positive number of importance samples, got {iw_samples!r}")
         self.save_hyperparameters()
         self.hparams.ecc_R = ecc_R  # the R in use (the guide's 2 when only ecc_type was given)
         self.code = RepetitionCode(ecc_R) if ecc_R else None
