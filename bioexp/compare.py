@@ -110,6 +110,15 @@ def warn_unrecorded_options(path: Path, datamodule_class: type, hparams: dict[st
     return unrecorded
 
 
+def warn_different_data(identities: list[dict[str, Any]]) -> list[str]:
+    """WARN (and return them) when the rows' data settings differ: their test figures are then not comparable."""
+    differing = sorted({k for d in identities for k in d if any(e.get(k) != d.get(k) for e in identities)})
+    if differing:
+        log.warning("the compared checkpoints were tested on different data (%s differ): the rows are not "
+                    "comparable", ", ".join(f"data.{k}" for k in differing))
+    return differing
+
+
 def data_identity(hparams: dict[str, Any]) -> dict[str, Any]:
     """The datamodule settings that decide which images are tested (not how they are loaded)."""
     return {k: v for k, v in hparams.items() if k not in LOADING_KEYS}
@@ -125,10 +134,7 @@ def comparison(checkpoints: list[Path], accelerator: str = "cpu") -> Any:
         label, metrics, identity = test_checkpoint(path, accelerator)
         rows.append({"model": label, **metrics, "checkpoint": str(path)})
         data.append(identity)
-    differing = sorted({k for d in data for k in d if any(d.get(k) != data[0].get(k) for d in data)})
-    if differing:
-        log.warning("the compared checkpoints were tested on different data (%s differ): the rows are not "
-                    "comparable", ", ".join(f"data.{k}" for k in differing))
+    warn_different_data(data)
     table = pd.DataFrame(rows).set_index("model")
     theory = [c for c in table.columns if "_theory_" in c]
     order = [c for c in table.columns if c not in theory]

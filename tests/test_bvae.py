@@ -15,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from bioexp.compare import best_checkpoint, reductions, warn_unrecorded_options, write
+from bioexp.compare import (
+    best_checkpoint,
+    data_identity,
+    reductions,
+    warn_different_data,
+    warn_unrecorded_options,
+    write,
+)
 from bioexp.data.binary import BinaryDataModule, load_mnist, read_idx, split_indices
 from bioexp.errors import BioexpError, DataNotFoundError
 from bioexp.nets.bvae import RepetitionCode, kl_to_uniform_bernoulli, relaxed_bernoulli, repetition_error_rate
@@ -420,3 +427,14 @@ def test_compare_warns_about_data_options_a_checkpoint_predates(caplog):
         assert warn_unrecorded_options(Path("new.ckpt"), BinaryDataModule, {**old, "split": "pooled"}) == []
     assert [r.getMessage() for r in caplog.records] == [
         "old.ckpt was written before data option(s) split existed; testing with their current defaults"]
+
+
+def test_compare_warns_when_rows_were_tested_on_different_data(caplog):
+    base = {"source": "digits", "split": "pooled", "seed": 0, "batch_size": 16, "num_workers": 0}
+    with caplog.at_level("WARNING", logger="bioexp.compare"):
+        # Loading settings do not change the test images: no warning.
+        assert warn_different_data([data_identity(base), data_identity({**base, "batch_size": 64})]) == []
+        assert not caplog.records
+        assert warn_different_data([data_identity(base), data_identity({**base, "seed": 1, "split": "official"})]) \
+            == ["seed", "split"]
+    assert "tested on different data (data.seed, data.split differ)" in caplog.text
