@@ -387,6 +387,7 @@ class VitalDBDataModule(SplitDataModule):
             return self._windows
         hp = self.hparams
         if self.root is not None:
+            self.windows_dir()  # refuses before anything is synthesised
             self._ensure_cases()
             self._build_missing()
         where = self.windows_dir()
