@@ -155,7 +155,8 @@ def test_datamodule_builds_reuses_and_puts_other_settings_in_a_new_folder(cases,
     np.testing.assert_array_equal(np.load(train), direct.data)
     np.testing.assert_array_equal(dm.windows()["train"].case_ids, direct.case_ids)
     cases_by_split = {s: set(w.case_ids) for s, w in dm.windows().items()}
-    assert not (cases_by_split["train"] & cases_by_split["val"]) and not (cases_by_split["val"] & cases_by_split["test"])
+    assert not cases_by_split["train"] & cases_by_split["val"]
+    assert not cases_by_split["val"] & cases_by_split["test"]
     mtime = train.stat().st_mtime_ns
     v.VitalDBDataModule(**kwargs).prepare_data()
     assert train.stat().st_mtime_ns == mtime  # unchanged settings: reused

@@ -145,7 +145,7 @@ def prepare_splits(root: Path, mode: str = "fasttrack", case_set: str = "all", s
         j = int(np.searchsorted(bounds, count, side="right"))
         # small cohorts: the last patients go to later splits that asked for cases but would get none
         empty = [i for i in range(j + 1, len(SPLITS)) if fractions[i] > 0 and not splits[SPLITS[i]]]
-        if len(order) - k <= len(empty):
+        if splits[SPLITS[j]] and len(order) - k <= len(empty):
             j = empty[0]
         splits[SPLITS[j]].extend(by_patient[p])
         count += len(by_patient[p])
@@ -249,8 +249,11 @@ class VitalDBDataModule(SplitDataModule):
             raise BioexpError(f"data=vitaldb needs data.root (a folder of cases) or data.windows_dir (window files); "
                               f"{HINT}")
         self.save_hyperparameters()
-        self.channel_specs = merge(CHANNELS, channel_specs)
-        self.options = merge(WINDOWS, windows)
+        from omegaconf import OmegaConf
+
+        plain = (lambda x: OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x)  # noqa: E731
+        self.channel_specs = merge(CHANNELS, plain(channel_specs))
+        self.options = merge(WINDOWS, plain(windows))
         check_channels(list(channels), self.channel_specs)
         self.root = Path(root) if root else None
         self.workers = workers or min(4, os.cpu_count() or 1)
@@ -280,8 +283,8 @@ class VitalDBDataModule(SplitDataModule):
     def settings_key(self) -> str:
         """Fingerprint of every setting that changes the splits or windows (the folder name)."""
         hp = self.hparams
-        payload = [settings_fingerprint(hp.channels, self.channel_specs, self.options), hp.split_mode, hp.case_set,
-                   hp.split_seed, list(hp.split_fractions), hp.fasttrack_cases,
+        payload = [settings_fingerprint(list(hp.channels), self.channel_specs, self.options), hp.split_mode,
+                   hp.case_set, hp.split_seed, [float(f) for f in hp.split_fractions], hp.fasttrack_cases,
                    str(Path(hp.clinical_csv).resolve()) if hp.clinical_csv else None]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
 
