@@ -244,6 +244,9 @@ def test_cli_prepare_splits_build_windows_and_merge_shards(cases, tmp_path, caps
     assert "merge-windows" in capsys.readouterr().out
     assert v.main(["merge-windows", *common, "--outdir", str(tmp_path / "sharded")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "sharded" / "train_windows.npy"), np.asarray(whole.data))
+    (tmp_path / "windows.yaml").write_text("flat_seconds: 3.0\n")  # a shard made with other settings is refused
+    assert v.main(["merge-windows", *common, "--outdir", str(tmp_path / "sharded")]) == 1
+    assert "built with other settings" in capsys.readouterr().err
     assert v.main(["build-windows", "--split-file", str(tmp_path / "none.json"), "--outdir", str(tmp_path)]) == 1
     assert "prepare-splits" in capsys.readouterr().err
     assert v.main(["build-windows", *common, "--outdir", str(tmp_path / "x"), "--shard", "2/2"]) == 1

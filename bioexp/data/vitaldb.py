@@ -370,7 +370,8 @@ class VitalDBDataModule(SplitDataModule):
         build_case_shards(self.root, [c for s in stale for c in splits[s]], hp.channels, self.channel_specs,
                           self.options, out / "shards", self.workers)
         for split, (stem, fingerprint) in stale.items():
-            summary = merge_shards(out / "shards", splits[split], hp.channels, self.length, stem, fingerprint)
+            summary = merge_shards(out / "shards", splits[split], hp.channels, self.length, stem, fingerprint,
+                                   settings_fingerprint(list(hp.channels), self.channel_specs, self.options))
             log.info("VitalDB %s: %s -> %s", split, describe(summary), stem.with_suffix(".npy"))
             if not summary["windows"]:
                 raise BioexpError(f"no usable {split} windows from {self.root}: {describe(summary)}; "
@@ -538,7 +539,8 @@ def _cmd_merge(args: argparse.Namespace) -> str:
     stem = out / f"{args.split}_windows"
     length = round(options["seconds"] * options["fs"])
     summary = merge_shards(out / "shards", cases, args.channels, length, stem,
-                           windows_fingerprint(root, cases, args.channels, channel_specs, options))
+                           windows_fingerprint(root, cases, args.channels, channel_specs, options),
+                           settings_fingerprint(args.channels, channel_specs, options))
     if not summary["windows"]:
         raise BioexpError(f"no usable windows: {describe(summary)}")
     return f"wrote {stem}.npy ({summary['windows']} x {len(args.channels)} x {length}): {describe(summary)}"

@@ -340,16 +340,21 @@ def build_case_shards(root: Path, case_ids: Sequence[str], channels: Sequence[st
 
 
 def merge_shards(shard_dir: Path, case_ids: Sequence[str], channels: Sequence[str], length: int, stem: Path,
-                 fingerprint: str) -> dict[str, Any]:
+                 fingerprint: str, settings: str | None = None) -> dict[str, Any]:
     """Stream the shards of ``case_ids`` into ``<stem>.npy`` (+ ``.meta.npz``); returns the summary.
 
     A case without a shard is an error naming the shard command, so a cluster build cannot silently lose a
-    case range; cases whose shard records a failure are listed in the summary's ``skipped``.
+    case range; so is a shard built with other ``settings``; cases whose shard records a failure are listed
+    in the summary's ``skipped``.
     """
     metas, missing = [], []
     for case in case_ids:
         meta = _shard_meta(shard_dir, case)
         (missing.append(case) if meta is None else metas.append(meta))
+    stale = [m["case"] for m in metas if settings and m["fingerprint"] and not m["fingerprint"].startswith(settings)]
+    if stale:
+        raise BioexpError(f"{len(stale)} shard(s) in {shard_dir} were built with other settings (first: {stale[:3]}); "
+                          "rebuild them with the same --channels/--channels-yaml/--windows-yaml")
     if missing:
         raise BioexpError(f"{len(missing)} case(s) have no shard in {shard_dir} (first: {missing[:3]}); build "
                           "them (`python -m bioexp.data.vitaldb build-windows ... --shard i/n` for every i) first")
