@@ -112,13 +112,63 @@ def cfg_job_time(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def _vitaldb_build(root: str, workers: int, out: str) -> None:
+    """Child process of :func:`vitaldb_window_scale`: build and merge every case's windows, print the figures."""
+    import json
+    import resource
+
+    from bioexp.data import vitaldb_windows as v  # not bioexp.data.vitaldb: torch would dominate the RSS
+
+    cases = sorted(v.case_files(Path(root)))
+    start = time.perf_counter()
+    v.build_case_shards(Path(root), cases, ["PPG", "ECG"], v.CHANNELS, v.WINDOWS, Path(out) / "shards", workers)
+    summary = v.merge_shards(Path(out) / "shards", cases, ["PPG", "ECG"], 1250, Path(out) / "train_windows", "bench")
+    seconds = time.perf_counter() - start
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # a shared machine's wall time says little; CPU time does
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "windows": summary["windows"],
+                      "rss_main_mb": usage[0].ru_maxrss / 1024,
+                      "rss_worker_mb": usage[1].ru_maxrss / 1024 if workers > 1 else None}))
+
+
+def vitaldb_window_scale(sizes: tuple[int, ...] = (100, 500), workers: tuple[int, ...] = (1, 2),
+                         minutes: float = 0.25) -> list[dict]:
+    """VitalDB window building at scale: cases per minute per process and peak RSS (main process, largest
+    worker) for synthetic cohorts of each size, built by 1 and 2 processes (streamed shards + merge)."""
+    import json
+
+    from bioexp.data.synth.vitaldb import generate_vitaldb
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            root = generate_vitaldb(Path(tmp) / f"cases{size}", cases=size, seed=0, minutes=minutes)
+            for n in workers:
+                out = f"{tmp}/w{size}_{n}"
+                code = f"from bioexp.bench import _vitaldb_build; _vitaldb_build({str(root)!r}, {n}, {out!r})"
+                done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+                figures = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append({"cases": size, "workers": n, "minutes_per_case": minutes, **figures,
+                             "cases_per_min_per_process": size / figures["seconds"] * 60 / n,
+                             "cases_per_cpu_min": size / figures["cpu_seconds"] * 60})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vitaldb-only", action="store_true", help="only the VitalDB window-building scale figures")
     args = parser.parse_args()
+    for row in vitaldb_window_scale():
+        print("VitalDB windows: {cases} cases x {minutes_per_case} min, {workers} process(es): "
+              "{cases_per_min_per_process:.0f} cases/min/process ({seconds:.1f} s wall, {windows} windows), "
+              "{cases_per_cpu_min:.0f} cases per CPU-minute, peak RSS "
+              "main {rss_main_mb:.0f} MB, worker {rss_worker_mb} MB".format(**row))
+    if args.vitaldb_only:
+        return
     warmup = 5
     batches = _batches(args.steps + warmup, args.batch_size, 250)
     plain, ours = [], []

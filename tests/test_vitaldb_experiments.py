@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioexp.tasks.finetune import InflatedRegressor
+from bioexp.tasks.finetune import InflatedRegressor, load_pretrained_with_channel_inflate
 from bioexp.tasks.msm import MaskedSignalModeling
 from bioexp.train import train
 from tests.conftest import compose_cfg, run_cli, shared_data
@@ -17,7 +17,7 @@ SMALL_TTM = ["model.encoder.d_model=32", "model.encoder.num_layers=2"]
 
 
 def _data(tmp: Path) -> list[str]:
-    return [f"data.root={tmp / 'cases'}", f"data.windows_dir={tmp / 'windows'}", "data.synthesize.cases=6",
+    return [f"data.root={tmp / 'cases'}", "data.synthesize.cases=6", "data.workers=1",
             "data.synthesize.minutes=1.0", "data.num_workers=0", "data.batch_size=16", "trainer=cpu",
             "print_config=false", "callbacks.rich_progress_bar=null"]
 
@@ -75,6 +75,24 @@ def test_finetune_inflates_the_pretrained_encoder_and_reports_mae(pretrained, tm
     assert config["channels"] == ["PPG", "ECG", "ART"] and fresh.encoder.in_channels == 3
     for key, value in pre.encoder.state_dict().items():
         assert torch.equal(fresh.encoder.state_dict()[key], value), key
+
+
+def test_guide_load_pretrained_with_channel_inflate(pretrained):
+    """The guide's call: counts of channels (2 -> 5); known channels keep their weights, new ones are named."""
+    _, out = pretrained
+    ckpt = out / "checkpoints" / "last.ckpt"
+    config = {"encoder": {"_target_": "bioexp.nets.ttm.TTMEncoder", "d_model": 32, "num_layers": 2},
+              "head": {"_target_": "bioexp.nets.ttm.PooledHead"}, "optimizer": {"_target_": "torch.optim.AdamW"},
+              "input_length": 1250, "target_mean": 70.0, "target_std": 10.0}
+    model = load_pretrained_with_channel_inflate(ckpt, 2, 5, config)
+    assert model.hparams.channels == ["PPG", "ECG", "ch2", "ch3", "ch4"] and model.encoder.in_channels == 5
+    assert model.eval()(torch.randn(2, 5, 1250)).shape == (2,)
+    pre = MaskedSignalModeling.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    for key, value in pre.encoder.state_dict().items():
+        if model.encoder.state_dict()[key].shape == value.shape:
+            assert torch.equal(model.encoder.state_dict()[key], value), key
+    named = load_pretrained_with_channel_inflate(ckpt, ["PPG", "ECG"], ["PPG", "ECG", "ART"], config)
+    assert named.hparams.channels == ["PPG", "ECG", "ART"]
 
 
 def test_staged_unfreezing(monkeypatch, pretrained):

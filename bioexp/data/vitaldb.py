@@ -1,354 +1,115 @@
-"""VitalDB biosignal windows: case reading, patient-level splits, window building, and the datamodule.
+"""VitalDB biosignal windows: patient-level splits, where window files live, the datamodule and the CLI.
 
-Cases are VitalDB ``.vital`` files (tracks ``SNUADC/ECG_II``, ``SNUADC/PLETH`` at 500 Hz, read with the
-``vitaldb`` package) or WFDB records with ECG and PLETH channels. ``prepare-splits`` assigns case ids to
-train/val/test by patient (``clinical_data.csv``'s ``subjectid`` when present) and writes
-``splits_<mode>.json``; ``build-windows`` filters each channel (ECG Butterworth 0.5-40 Hz, PPG Chebyshev-II
-0.5-8 Hz, order 4, zero phase), resamples to 125 Hz, cuts 10 s windows, drops windows that fail the
-signal-quality gates (NaN, flat line, clipping, implausible amplitude, judged on the raw samples),
-z-scores each window per channel and writes ``<split>_windows.npz`` (``data [N, C, L]``, ``case_ids``,
-``starts``, ``hr``). The datamodule runs both when their outputs are missing or stale.
+Cases are VitalDB ``.vital`` files or WFDB records (:mod:`bioexp.data.vitaldb_io`: each track at its own
+rate, multi-segment records as one case); windows are built by :mod:`bioexp.data.vitaldb_windows` (worker
+processes, per-case shards streamed into one memory-mapped ``.npy``).
 
-CLI: ``python -m bioexp.data.vitaldb prepare-splits ...`` / ``build-windows ...`` (``--help``).
+Honest by construction: ``data=vitaldb`` never synthesises anything (only ``data=vitaldb_synth``, with a
+WARNING); windows built from ``data.root`` live in ``<root>/.bioexp_windows/<fingerprint>/`` (a user cache
+dir when the root is read-only), or in ``data.windows_dir`` when that holds no window files of someone
+else; a user's window files are never written over. Splits are by patient (``clinical_data.csv`` at the
+root, one level up, or ``data.clinical_csv``), validation is held out by case, and a missing test set is
+an error unless ``data.test_on_val=true``.
+
+CLI: ``python -m bioexp.data.vitaldb prepare-splits | build-windows [--shard i/n] | merge-windows`` (``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
 import os
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from bioexp.data.base import SplitDataModule
+from bioexp.data.vitaldb_io import (  # noqa: F401 - re-exported: the module's public names
+    HR_TRACK,
+    CaseError,
+    Recording,
+    build_index,
+    case_files,
+    read_case,
+)
+from bioexp.data.vitaldb_windows import (  # noqa: F401 - re-exported
+    CHANNELS,
+    WINDOWS,
+    Windows,
+    _case_fingerprint,
+    bandpass,
+    build_case_shards,
+    build_windows,
+    case_windows,
+    check_channels,
+    describe,
+    merge,
+    merge_shards,
+    quality_gate,
+    resample,
+    settings_fingerprint,
+    stored_fingerprint,
+)
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the window file layout or processing changes: old files are rebuilt
 SPLITS = ("train", "val", "test")
 MODES = ("full", "fasttrack")
-CASE_SETS = {"all": None, "bis": "BIS/BIS"}  # case set -> track a case must have
-HR_TRACK = "Solar8000/HR"
-CHANNELS: dict[str, dict[str, Any]] = {
-    # channel -> .vital track, accepted WFDB signal names, and its zero-phase band-pass filter
-    "ECG": {"track": "SNUADC/ECG_II", "wfdb": ["II", "ECG", "ECG II", "MLII"],
-            "filter": {"type": "butter", "band": [0.5, 40.0], "order": 4}},
-    "PPG": {"track": "SNUADC/PLETH", "wfdb": ["PLETH", "PPG"],
-            "filter": {"type": "cheby2", "band": [0.5, 8.0], "order": 4, "stopband_db": 40.0}},
-    "ART": {"track": "SNUADC/ART", "wfdb": ["ART", "ABP"],
-            "filter": {"type": "cheby2", "band": [0.5, 8.0], "order": 4, "stopband_db": 40.0}},
-}
-WINDOWS: dict[str, Any] = {
-    "fs": 125,                 # Hz after resampling
-    "seconds": 10.0,           # window length (10 s x 125 Hz = 1250 samples)
-    "stride_seconds": 10.0,    # non-overlapping
-    "max_nan_fraction": 0.01,  # NaN samples allowed per channel window (interpolated)
-    "flat_seconds": 1.0,       # a run of identical samples this long is a flat line
-    "clip_fraction": 0.02,     # samples sitting exactly at the window's min or max
-    "amplitude": {"ECG": [0.1, 10.0], "PPG": [0.05, 150.0], "ART": [5.0, 200.0]},  # raw peak-to-peak bounds
-    "min_std": 1.0e-6,         # of the filtered window, before z-scoring
-}
-HINT = ("write synthetic cases with `python -m bioexp.data.synth vitaldb --out {root}` or download VitalDB "
-        "cases (https://vitaldb.net/dataset) as .vital files into {root}")
-
-
-class CaseError(Exception):
-    """A case that cannot give windows (missing track, too short, corrupt): skipped and counted."""
-
-
-@dataclass
-class Windows:
-    """Windows of one split and where they came from."""
-
-    data: np.ndarray                    # [N, C, L] float32, z-scored per window and channel
-    case_ids: np.ndarray                # [N] str
-    starts: np.ndarray                  # [N] seconds from the case start
-    hr: np.ndarray                      # [N] float32 mean monitor heart rate (NaN where absent)
-    channels: list[str]
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def subset(self, rows: np.ndarray) -> Windows:
-        return Windows(self.data[rows], self.case_ids[rows], self.starts[rows], self.hr[rows], self.channels,
-                       self.summary)
-
-    def save(self, path: Path, fingerprint: str) -> None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        with open(tmp, "wb") as f:
-            np.savez(f, data=self.data, case_ids=self.case_ids, starts=self.starts, hr=self.hr,
-                     channels=np.array(self.channels), fingerprint=np.array(fingerprint),
-                     summary=np.array(json.dumps(self.summary)))
-        os.replace(tmp, path)  # never a half-written file under the real name
-
-    @classmethod
-    def load(cls, path: Path) -> Windows:
-        with np.load(path) as z:
-            missing = {"data", "case_ids"} - set(z.files)
-            if missing:
-                raise BioexpError(f"{path} lacks {sorted(missing)}; rebuild it with "
-                                  "`python -m bioexp.data.vitaldb build-windows`")
-            n = len(z["data"])
-            channels = [str(c) for c in z["channels"]] if "channels" in z.files else []
-            return cls(z["data"].astype(np.float32), z["case_ids"].astype(str),
-                       z["starts"] if "starts" in z.files else np.zeros(n),
-                       z["hr"].astype(np.float32) if "hr" in z.files else np.full(n, np.nan, np.float32),
-                       channels, json.loads(str(z["summary"])) if "summary" in z.files else {})
-
-
-def stored_fingerprint(path: Path) -> str | None:
-    try:
-        with np.load(path) as z:
-            return str(z["fingerprint"]) if "fingerprint" in z.files else None
-    except (OSError, ValueError):
-        return None
-
-
-# -- options -------------------------------------------------------------------------------------
-def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base`` (YAML option files, config keys)."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def check_channels(channels: Sequence[str], channel_specs: dict[str, Any]) -> None:
-    unknown = [c for c in channels if c not in channel_specs]
-    if unknown or not channels:
-        raise BioexpError(f"unknown channels {unknown or list(channels)}; choose from {sorted(channel_specs)} "
-                          "(or describe new ones in data.channel_specs / --channels-yaml)")
-
-
-# -- reading cases -------------------------------------------------------------------------------
-def case_files(root: Path) -> dict[str, Path]:
-    """Case id -> file: ``.vital`` files and WFDB records (``.hea``) directly in ``root``."""
-    files = {p.stem: p for p in sorted(root.glob("*.hea"))}
-    files.update({p.stem: p for p in sorted(root.glob("*.vital"))})
-    return dict(sorted(files.items()))
-
-
-def read_case(path: Path, channels: Sequence[str], channel_specs: dict[str, Any],
-              with_hr: bool = True) -> tuple[np.ndarray, float, np.ndarray | None]:
-    """Raw ``[C, T]`` float64 signals (NaN where missing), their rate, and the 1 Hz monitor HR if any."""
-    try:
-        if path.suffix == ".vital":
-            signals, fs, hr = _read_vital(path, channels, channel_specs, with_hr)
-        else:
-            signals, fs, hr = _read_wfdb(path.with_suffix(""), channels, channel_specs)
-    except CaseError:
-        raise
-    except Exception as exc:  # corrupt or truncated files raise all sorts of things: one reason per case
-        raise CaseError(f"unreadable ({type(exc).__name__}: {exc})") from exc
-    empty = [c for c, x in zip(channels, signals, strict=True) if not np.isfinite(x).any()]
-    if empty:  # the vitaldb reader returns all-NaN tracks for a truncated file
-        raise CaseError(f"no samples in {empty} (empty or truncated file)")
-    return signals, fs, hr
-
-
-def _read_vital(path: Path, channels: Sequence[str], channel_specs: dict[str, Any],
-                with_hr: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
-    import vitaldb
-
-    tracks = [channel_specs[c]["track"] for c in channels]
-    vf = vitaldb.VitalFile(str(path), [*tracks, HR_TRACK] if with_hr else tracks)
-    missing = [t for t in tracks if t not in vf.trks]
-    if missing:
-        raise CaseError(f"missing tracks {missing}")
-    rates = {float(vf.trks[t].srate) for t in tracks}
-    if len(rates) != 1 or 0 in rates:
-        raise CaseError(f"tracks {tracks} must be waveforms of one sampling rate, got {sorted(rates)} Hz")
-    fs = rates.pop()
-    # At the native rate to_numpy returns every sample (it only picks samples when asked for a lower rate).
-    signals = vf.to_numpy(tracks, 1.0 / fs).T.astype(np.float64)
-    hr = None
-    if with_hr and HR_TRACK in vf.trks:
-        hr = vf.to_numpy([HR_TRACK], 1.0)[:, 0].astype(np.float64)
-    return signals, fs, hr
-
-
-def _read_wfdb(record: Path, channels: Sequence[str], channel_specs: dict[str, Any]) -> tuple[np.ndarray, float, None]:
-    import wfdb
-
-    header = wfdb.rdheader(str(record))
-    names = [n.upper() for n in header.sig_name]
-    index = []
-    for channel in channels:
-        found = [names.index(a.upper()) for a in channel_specs[channel]["wfdb"] if a.upper() in names]
-        if not found:
-            raise CaseError(f"no {channel} channel (looked for {channel_specs[channel]['wfdb']}, "
-                            f"record has {header.sig_name})")
-        index.append(found[0])
-    rec = wfdb.rdrecord(str(record), channels=index)
-    if rec.p_signal is None or rec.p_signal.shape[0] < header.sig_len:
-        raise CaseError("truncated signal file")
-    return rec.p_signal.T.astype(np.float64), float(header.fs), None
-
-
-# -- processing ----------------------------------------------------------------------------------
-def bandpass(x: np.ndarray, fs: float, spec: dict[str, Any]) -> np.ndarray:
-    """Zero-phase band-pass of one channel (NaNs interpolated first; their windows are gated out anyway)."""
-    from scipy import signal
-
-    x = _fill_nan(x)
-    low, high = spec["band"]
-    high = min(high, 0.45 * fs)  # a record sampled too slowly for the upper edge keeps what it has
-    if spec["type"] == "butter":
-        sos = signal.butter(spec["order"], [low, high], btype="bandpass", fs=fs, output="sos")
-    elif spec["type"] == "cheby2":
-        sos = signal.cheby2(spec["order"], spec["stopband_db"], [low, high], btype="bandpass", fs=fs, output="sos")
-    else:
-        raise BioexpError(f"unknown filter type {spec['type']!r}; use butter or cheby2")
-    return signal.sosfiltfilt(sos, x)
-
-
-def _fill_nan(x: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return x
-    if bad.all():
-        return np.zeros_like(x)
-    t = np.arange(len(x))
-    return np.where(bad, np.interp(t, t[~bad], x[~bad]), x)
-
-
-def resample(x: np.ndarray, fs: float, target_fs: float) -> np.ndarray:
-    """Polyphase resampling with its anti-alias filter (``to_numpy`` at a lower rate would only pick samples)."""
-    from scipy.signal import resample_poly
-
-    ratio = Fraction(target_fs / fs).limit_denominator(1000)
-    return x if ratio == 1 else resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
-
-
-def _longest_run(flags: np.ndarray) -> int:
-    if not flags.any():
-        return 0
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
-
-
-def quality_gate(raw: np.ndarray, fs: float, channels: Sequence[str], options: dict[str, Any]) -> str | None:
-    """Why a raw ``[C, T]`` window is unusable (``nan``, ``flat``, ``clipping``, ``amplitude``), or None."""
-    for x, channel in zip(raw, channels, strict=True):
-        finite = np.isfinite(x)
-        if (~finite).mean() > options["max_nan_fraction"] or not finite.any():
-            return "nan"
-        x = x[finite]
-        scale = max(float(np.abs(x).max()), 1e-12)
-        if _longest_run(np.abs(np.diff(x)) <= 1e-7 * scale) + 1 >= options["flat_seconds"] * fs:
-            return "flat"
-        lo, hi = float(x.min()), float(x.max())
-        tol = 1e-6 * max(hi - lo, 1e-12)
-        if ((x <= lo + tol) | (x >= hi - tol)).mean() > options["clip_fraction"]:
-            return "clipping"
-        bounds = options["amplitude"].get(channel)
-        if bounds is not None and not bounds[0] <= hi - lo <= bounds[1]:
-            return "amplitude"
-    return None
-
-
-def case_windows(raw: np.ndarray, fs: float, hr: np.ndarray | None, channels: Sequence[str],
-                 channel_specs: dict[str, Any], options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                                   Counter]:
-    """Windows ``[n, C, L]``, their start times (s), mean HR, and how many windows each gate rejected."""
-    seconds, stride, target_fs = options["seconds"], options["stride_seconds"], options["fs"]
-    raw_len, length = round(seconds * fs), round(seconds * target_fs)
-    n = int((raw.shape[1] / fs - seconds) // stride) + 1 if raw.shape[1] >= raw_len else 0
-    if n <= 0:
-        raise CaseError(f"shorter than one {seconds:g} s window ({raw.shape[1] / fs:.1f} s)")
-    filtered = np.stack([resample(bandpass(x, fs, channel_specs[c]["filter"]), fs, target_fs)
-                         for x, c in zip(raw, channels, strict=True)])
-    rejected: Counter = Counter()
-    windows, starts, rates = [], [], []
-    for i in range(n):
-        start = i * stride
-        a = round(start * fs)
-        reason = quality_gate(raw[:, a:a + raw_len], fs, channels, options)
-        b = round(start * target_fs)
-        w = filtered[:, b:b + length]
-        if reason is None and w.shape[1] < length:
-            reason = "short"
-        std = w.std(axis=1, keepdims=True) if reason is None else None
-        if std is not None and (std < options["min_std"]).any():
-            reason = "flat"
-        if reason is not None:
-            rejected[reason] += 1
-            continue
-        windows.append(((w - w.mean(axis=1, keepdims=True)) / std).astype(np.float32))
-        starts.append(start)
-        if hr is not None:
-            seg = hr[int(start):int(start + seconds)]
-            seg = seg[np.isfinite(seg)]
-            rates.append(float(seg.mean()) if len(seg) else np.nan)
-        else:
-            rates.append(np.nan)
-    data = np.stack(windows) if windows else np.zeros((0, len(channels), length), np.float32)
-    return data, np.asarray(starts, float), np.asarray(rates, np.float32), rejected
-
-
-def build_windows(root: Path, case_ids: Sequence[str], channels: Sequence[str],
-                  channel_specs: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> Windows:
-    """Windows of ``case_ids`` under ``root``; bad cases are skipped and listed in ``summary``."""
-    channel_specs, options = merge(CHANNELS, channel_specs), merge(WINDOWS, options)
-    check_channels(channels, channel_specs)
-    files = case_files(root)
-    parts, skipped, rejected = [], {}, Counter()
-    for case_id in case_ids:
-        try:
-            if case_id not in files:
-                raise CaseError("no such file")
-            raw, fs, hr = read_case(files[case_id], channels, channel_specs)
-            data, starts, rates, rej = case_windows(raw, fs, hr, channels, channel_specs, options)
-        except CaseError as exc:
-            skipped[case_id] = str(exc)
-            continue
-        rejected.update(rej)
-        if len(data):
-            parts.append((case_id, data, starts, rates))
-    length = round(options["seconds"] * options["fs"])
-    data = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, len(channels), length), np.float32)
-    summary = {"cases": len(case_ids), "cases_used": len(parts), "skipped": skipped, "windows": len(data),
-               "rejected": dict(rejected)}
-    return Windows(data, np.array([p[0] for p in parts for _ in range(len(p[1]))], dtype=str),
-                   np.concatenate([p[2] for p in parts]) if parts else np.zeros(0),
-                   np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.float32),
-                   list(channels), summary)
-
-
-def describe(summary: dict[str, Any]) -> str:
-    """One line: what was used, what was skipped (and why, first few), what the gates rejected."""
-    skipped = summary.get("skipped", {})
-    reasons = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) + (" ..." if len(skipped) > 3 else "")
-    rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("rejected", {}).items())) or "none"
-    return (f"{summary.get('windows', 0)} windows from {summary.get('cases_used', 0)} of {summary.get('cases', 0)} "
-            f"cases; skipped {len(skipped)} case(s){' (' + reasons + ')' if skipped else ''}; "
-            f"windows rejected by quality gates: {rejected}")
+CASE_SETS = ("all", "bis")  # bis: cases with a BIS/BIS track (from the case index)
+CLINICAL = "clinical_data.csv"
+HOME = ".bioexp_windows"
+MARKER = ".bioexp_windows.json"  # in a data.windows_dir bioexp built: the settings it holds
+HINT = ("point data.root at a folder of VitalDB cases (.vital files from https://vitaldb.net/dataset, or WFDB "
+        "records), or use data=vitaldb_synth for synthetic ones")
 
 
 # -- splits --------------------------------------------------------------------------------------
-def _has_track(path: Path, track: str) -> bool:
-    import vitaldb
+def find_clinical(root: Path, clinical_csv: str | Path | None = None) -> Path | None:
+    """``clinical_csv`` (must exist), else ``clinical_data.csv`` at the root or one level up, else None."""
+    if clinical_csv:
+        path = Path(clinical_csv)
+        if not path.is_file():
+            raise DataNotFoundError(f"data.clinical_csv={path} not found; point it at VitalDB's {CLINICAL} "
+                                    "(columns caseid, subjectid)")
+        return path
+    return next((p for p in (root / CLINICAL, root.parent / CLINICAL) if p.is_file()), None)
 
-    try:
-        return path.suffix == ".vital" and track in vitaldb.VitalFile(str(path), header_only=True).get_track_names()
-    except Exception:  # unreadable files are reported when windows are built
-        return False
+
+def patients(root: Path, case_ids: Sequence[str], clinical_csv: str | Path | None = None,
+             mode: str = "fasttrack") -> dict[str, str]:
+    """Case id -> patient id from the clinical table; without one, each case is its own patient (WARNING),
+    and ``mode=full`` (a split others compare against) refuses."""
+    path = find_clinical(root, clinical_csv)
+    if path is None:
+        if mode == "full":
+            raise DataNotFoundError(f"split_mode=full needs {CLINICAL} (caseid, subjectid) to keep each patient's "
+                                    f"cases in one split; none at {root} or {root.parent}: set data.clinical_csv")
+        log.warning("No %s at %s or %s (data.clinical_csv): each case counts as its own patient, so two cases "
+                    "of one patient can land in different splits", CLINICAL, root, root.parent)
+        return {c: c for c in case_ids}
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str)
+    if not {"caseid", "subjectid"} <= set(table.columns):
+        raise BioexpError(f"{path} lacks the columns caseid and subjectid (has {list(table.columns)[:8]})")
+    known = dict(zip(table["caseid"].str.lstrip("0"), table["subjectid"], strict=True))
+    unknown = [c for c in case_ids if c.lstrip("0") not in known]
+    if unknown:
+        log.warning("%d case(s) are not in %s (first: %s): each counts as its own patient", len(unknown), path,
+                    unknown[:3])
+    return {c: known.get(c.lstrip("0"), f"case:{c}") for c in case_ids}
 
 
 def prepare_splits(root: Path, mode: str = "fasttrack", case_set: str = "all", seed: int = 0,
-                   fractions: Sequence[float] = (0.7, 0.15, 0.15), fasttrack_cases: int = 70) -> dict[str, Any]:
+                   fractions: Sequence[float] = (0.7, 0.15, 0.15), fasttrack_cases: int = 70,
+                   clinical_csv: str | Path | None = None, index: dict[str, Any] | None = None) -> dict[str, Any]:
     """Patient-level train/val/test case ids; ``fasttrack`` keeps ``fasttrack_cases`` cases (whole patients)."""
     if mode not in MODES:
         raise BioexpError(f"unknown split mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -356,41 +117,37 @@ def prepare_splits(root: Path, mode: str = "fasttrack", case_set: str = "all", s
         raise BioexpError(f"unknown case set {case_set!r}; choose one of {', '.join(CASE_SETS)}")
     if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
         raise BioexpError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
-    files = case_files(root)
-    if CASE_SETS[case_set]:
-        files = {k: v for k, v in files.items() if _has_track(v, CASE_SETS[case_set])}
-    if not files:
+    cases = sorted(case_files(root))
+    if case_set == "bis":
+        index = index if index is not None else build_index(root, None)
+        cases = [c for c in cases if index.get(c, {}).get("bis")]
+    if not cases:
         raise DataNotFoundError(f"no VitalDB cases (.vital or WFDB .hea) in {root}"
-                                f"{' with a ' + str(CASE_SETS[case_set]) + ' track' if CASE_SETS[case_set] else ''}; "
-                                + HINT.format(root=root))
-    patient = {case: case for case in files}
-    clinical = root / "clinical_data.csv"
-    if clinical.is_file():
-        import pandas as pd
-
-        table = pd.read_csv(clinical, dtype=str)
-        if {"caseid", "subjectid"} <= set(table.columns):
-            known = dict(zip(table["caseid"].str.lstrip("0"), table["subjectid"], strict=True))
-            patient = {case: known.get(case.lstrip("0"), case) for case in files}
+                                f"{' with a BIS/BIS track' if case_set == 'bis' else ''}; {HINT}")
+    patient = patients(root, cases, clinical_csv, mode)
     rng = np.random.default_rng(seed)
-    patients = sorted(set(patient.values()))
-    patients = [patients[i] for i in rng.permutation(len(patients))]
-    by_patient = {p: sorted(c for c in files if patient[c] == p) for p in patients}
+    order = sorted(set(patient.values()))
+    order = [order[i] for i in rng.permutation(len(order))]
+    by_patient = {p: sorted(c for c in cases if patient[c] == p) for p in order}
     if mode == "fasttrack":
         kept, count = [], 0
-        for p in patients:
+        for p in order:
             if count >= fasttrack_cases:
                 break
             kept.append(p)
             count += len(by_patient[p])
-        patients = kept
-    total = sum(len(by_patient[p]) for p in patients)
+        order = kept
+    total = sum(len(by_patient[p]) for p in order)
     bounds = np.cumsum(fractions)[:2] * total
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
     count = 0
-    for p in patients:
-        split = SPLITS[int(np.searchsorted(bounds, count, side="right"))]
-        splits[split].extend(by_patient[p])
+    for k, p in enumerate(order):
+        j = int(np.searchsorted(bounds, count, side="right"))
+        # small cohorts: the last patients go to later splits that asked for cases but would get none
+        empty = [i for i in range(j + 1, len(SPLITS)) if fractions[i] > 0 and not splits[SPLITS[i]]]
+        if splits[SPLITS[j]] and len(order) - k <= len(empty):
+            j = empty[0]
+        splits[SPLITS[j]].extend(by_patient[p])
         count += len(by_patient[p])
     return {"mode": mode, "case_set": case_set, "seed": seed, "source": str(root),
             **{s: sorted(v) for s, v in splits.items()}}
@@ -412,47 +169,97 @@ def read_splits(path: Path) -> dict[str, Any]:
 
 def windows_fingerprint(root: Path, case_ids: Sequence[str], channels: Sequence[str],
                         channel_specs: dict[str, Any], options: dict[str, Any]) -> str:
-    """Everything the windows depend on: cases (size, mtime), channels, filters and gates."""
+    """Everything one split's windows depend on: the settings and each case file (size, mtime)."""
+    settings = settings_fingerprint(channels, channel_specs, options)
     files = case_files(root)
-    stats = []
-    for case in case_ids:
-        p = files.get(case)
-        st = p.stat() if p is not None else None
-        stats.append([case, st.st_size if st else None, st.st_mtime_ns if st else None])
-    payload = [FORMAT, stats, list(channels), {c: channel_specs[c] for c in channels}, options]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    payload = [settings, [_case_fingerprint(files.get(c), settings) or f"missing:{c}" for c in case_ids]]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def held_out_by_case(windows: Windows, fraction: float, seed: int, what: str) -> tuple[Windows, Windows]:
+    """(train, val): whole cases held out (seeded); files without case ids lose their last windows, with a
+    WARNING, since which windows share a case cannot be checked."""
+    if windows.case_ids is None or not len(windows.case_ids):
+        n_val = max(1, round(fraction * len(windows)))
+        log.warning("%s records no case ids (data/labels only): the patient split cannot be checked; holding out "
+                    "its last %d windows for validation (a case may straddle the boundary)", what, n_val)
+        rows = np.arange(len(windows))
+        return windows.subset(rows[:-n_val]), windows.subset(rows[-n_val:])
+    cases = np.unique(windows.case_ids)
+    if len(cases) < 2:
+        raise BioexpError(f"{what} holds windows of {len(cases)} case(s): too few to hold out whole cases for "
+                          "validation; provide a val window file or more cases")
+    n_val = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    val_cases = np.random.default_rng(seed).choice(cases, n_val, replace=False)
+    is_val = np.isin(windows.case_ids, val_cases)
+    log.info("No validation windows: holding out %d of %d cases of %s (%d windows)", n_val, len(cases), what,
+             int(is_val.sum()))
+    return windows.subset(np.flatnonzero(~is_val)), windows.subset(np.flatnonzero(is_val))
+
+
+def _writable(path: Path) -> bool:
+    """Whether bioexp may create ``path`` (or files in it)."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK) and not _read_only_mount(probe)
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+
+
+def user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bioexp"
+
+
+def _holds_files(directory: Path, files: Sequence[str]) -> bool:
+    """Whether ``directory`` holds window files (any layout) or split files."""
+    named = any((directory / f).exists() or (directory / f).with_suffix(".npy").exists() for f in files)
+    return named or any(directory.glob("splits_*.json"))
 
 
 # -- datamodule ----------------------------------------------------------------------------------
 class VitalDBDataModule(SplitDataModule):
     """Windows of VitalDB cases for masked signal modeling and downstream fine-tuning.
 
-    ``root`` holds the cases (``.vital`` / WFDB); ``windows_dir`` the splits and window files (built here
-    when missing or stale). With ``root: null`` the window files in ``windows_dir`` are used as they are.
-    Without a val window file 10% (``val_fraction``) of the training windows are held out; without a test
-    file the test stage uses the validation windows. ``target: hr`` keeps windows with a monitor heart rate
-    and batches ``(x, hr)``; ``max_train_windows`` draws a small labelled training set (seeded).
+    ``root``: a folder of cases; the index, splits and windows are built (in ``workers`` processes) when
+    missing or stale. ``root: null``: the window files in ``windows_dir`` are used as they are. Windows are
+    read by memory map. ``target: hr`` keeps windows with a monitor heart rate and batches ``(x, hr)``;
+    ``max_train_windows`` draws a small labelled training set (seeded).
     """
 
-    def __init__(self, root: str | None, windows_dir: str, channels: Sequence[str] = ("PPG", "ECG"),
+    def __init__(self, root: str | None = None, windows_dir: str | None = None,
+                 channels: Sequence[str] = ("PPG", "ECG"),
                  split_mode: str = "fasttrack", case_set: str = "all", split_seed: int = 0,
                  split_fractions: Sequence[float] = (0.7, 0.15, 0.15), fasttrack_cases: int = 70,
-                 channel_specs: dict[str, Any] | None = None, windows: dict[str, Any] | None = None,
-                 train_file: str = "train_windows.npz", val_file: str = "val_windows.npz",
-                 test_file: str = "test_windows.npz", val_fraction: float = 0.1, target: str | None = None,
-                 max_train_windows: int | None = None, batch_size: int = 128, num_workers: int = 0,
-                 pin_memory: bool = False, seed: int = 0, synthesize: dict[str, Any] | None = None) -> None:
+                 clinical_csv: str | None = None, channel_specs: dict[str, Any] | None = None,
+                 windows: dict[str, Any] | None = None, train_file: str = "train_windows.npz",
+                 val_file: str = "val_windows.npz", test_file: str = "test_windows.npz", val_fraction: float = 0.1,
+                 test_on_val: bool = False, target: str | None = None, max_train_windows: int | None = None,
+                 batch_size: int = 128, num_workers: int = 0, pin_memory: bool = False, seed: int = 0,
+                 workers: int | None = None, synthesize: dict[str, Any] | None = None) -> None:
         super().__init__()
         if target not in (None, "hr"):
             raise BioexpError(f"unknown data.target {target!r}; use hr (monitor heart rate) or null")
+        if root is None and windows_dir is None:
+            raise BioexpError(f"data=vitaldb needs data.root (a folder of cases) or data.windows_dir (window files); "
+                              f"{HINT}")
         self.save_hyperparameters()
-        self.channel_specs = merge(CHANNELS, channel_specs)
-        self.options = merge(WINDOWS, windows)
+        from omegaconf import OmegaConf
+
+        plain = (lambda x: OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x)  # noqa: E731
+        self.channel_specs = merge(CHANNELS, plain(channel_specs))
+        self.options = merge(WINDOWS, plain(windows))
         check_channels(list(channels), self.channel_specs)
         self.root = Path(root) if root else None
-        self.windows_dir = Path(windows_dir)
+        self.workers = workers or min(4, os.cpu_count() or 1)
         self.datasets: dict[str, Any] = {}
         self._windows: dict[str, Windows] | None = None
+        self._dir: Path | None = None
 
     @property
     def length(self) -> int:
@@ -468,41 +275,115 @@ class VitalDBDataModule(SplitDataModule):
             dims.update(target_mean=float(hr.mean()), target_std=float(hr.std() + 1e-6))
         return dims
 
+    # -- where files go ----------------------------------------------------------------------------
+    def _files(self) -> tuple[str, str, str]:
+        hp = self.hparams
+        return hp.train_file, hp.val_file, hp.test_file
+
+    def settings_key(self) -> str:
+        """Fingerprint of every setting that changes the splits or windows (the folder name)."""
+        hp = self.hparams
+        payload = [settings_fingerprint(list(hp.channels), self.channel_specs, self.options), hp.split_mode,
+                   hp.case_set, hp.split_seed, [float(f) for f in hp.split_fractions], hp.fasttrack_cases,
+                   str(Path(hp.clinical_csv).resolve()) if hp.clinical_csv else None]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
+
+    def home(self) -> Path:
+        """Where this root's index and windows live: ``<root>/.bioexp_windows`` or, for a read-only root, a
+        folder of the user's cache named after the root."""
+        assert self.root is not None
+        home = self.root / HOME
+        if _writable(home):
+            return home
+        name = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        cache = user_cache() / "vitaldb" / f"{self.root.name}-{name}"
+        log.info("%s is read-only: VitalDB windows go to %s", self.root, cache)
+        return cache
+
+    def windows_dir(self) -> Path:
+        """The folder of this run's window files (see the module docstring)."""
+        if self._dir is not None:
+            return self._dir
+        hp = self.hparams
+        if self.root is None:
+            self._dir = Path(hp.windows_dir)
+            return self._dir
+        key = self.settings_key()
+        if hp.windows_dir is None:
+            self._dir = self.home() / key
+            return self._dir
+        given = Path(hp.windows_dir)
+        marker = given / MARKER
+        mine = json.loads(marker.read_text()).get("settings") if marker.is_file() else None
+        if mine == key or mine is None and not _holds_files(given, self._files()):
+            self._dir = given
+        else:
+            if hp.synthesize:
+                raise BioexpError(f"{given} holds window files that are not synthetic windows of these settings, "
+                                  "but data=vitaldb_synth would train on synthetic cases; to use your files: "
+                                  f"data=vitaldb data.windows_dir={given} (data.root stays null)")
+            self._dir = given / HOME / key
+            log.warning("%s holds other window files (%s); they are kept as they are and the windows of %s go to %s",
+                        given, "built for other settings" if mine else "yours", self.root, self._dir)
+        return self._dir
+
     # -- building ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         self.windows()
 
     def _ensure_cases(self) -> None:
-        if self.root is None or (self.root.is_dir() and case_files(self.root)):
+        assert self.root is not None
+        if self.root.is_dir() and case_files(self.root):
             return
         if not self.hparams.synthesize:
-            raise DataNotFoundError(f"no VitalDB cases in {self.root}; " + HINT.format(root=self.root))
+            raise DataNotFoundError(f"no VitalDB cases (.vital or WFDB .hea) in {self.root}; {HINT}")
         from bioexp.data.synth.vitaldb import generate_vitaldb
 
-        log.info("No VitalDB cases at %s: writing synthetic ones (%s)", self.root, self.hparams.synthesize)
+        log.warning("No VitalDB cases at %s: writing SYNTHETIC cases there (%s); this run trains on synthetic data",
+                    self.root, self.hparams.synthesize)
         generate_vitaldb(self.root, **self.hparams.synthesize)
 
     def _build_missing(self) -> None:
-        """(Re)write the splits and every split's window file whose inputs or options changed."""
+        """(Re)write the index, the splits and every split's window file whose inputs changed."""
         hp = self.hparams
+        assert self.root is not None
+        out = self.windows_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        if hp.windows_dir is not None and out == Path(hp.windows_dir):
+            (out / MARKER).write_text(json.dumps({"settings": self.settings_key()}) + "\n")
+        index = build_index(self.root, out.parent / "index.json" if out.parent.name == HOME else out / "index.json",
+                            self.workers) if hp.case_set == "bis" else None
         splits = prepare_splits(self.root, hp.split_mode, hp.case_set, hp.split_seed, hp.split_fractions,
-                                hp.fasttrack_cases)
-        write_splits(splits, self.windows_dir)
-        for split, name in zip(SPLITS, (hp.train_file, hp.val_file, hp.test_file), strict=True):
-            path = self.windows_dir / name
+                                hp.fasttrack_cases, hp.clinical_csv, index)
+        write_splits(splits, out)
+        stale = {}
+        for split, name in zip(SPLITS, self._files(), strict=True):
+            stem = out / Path(name).with_suffix("")
             if not splits[split]:
-                path.unlink(missing_ok=True)  # an old file would no longer match the splits
+                for suffix in (".npy", ".meta.npz"):
+                    stem.with_suffix(suffix).unlink(missing_ok=True)  # our old file would no longer match
                 continue
             fingerprint = windows_fingerprint(self.root, splits[split], hp.channels, self.channel_specs, self.options)
-            if stored_fingerprint(path) == fingerprint:
-                continue
-            log.info("Building %s windows of %d cases -> %s", split, len(splits[split]), path)
-            windows = build_windows(self.root, splits[split], hp.channels, self.channel_specs, self.options)
-            log.info("VitalDB %s: %s", split, describe(windows.summary))
-            if not len(windows.data):
-                raise BioexpError(f"no usable {split} windows from {self.root}: {describe(windows.summary)}; "
+            if stored_fingerprint(stem) != fingerprint:
+                stale[split] = (stem, fingerprint)
+        # one pool for the cases of every stale split
+        build_case_shards(self.root, [c for s in stale for c in splits[s]], hp.channels, self.channel_specs,
+                          self.options, out / "shards", self.workers)
+        for split, (stem, fingerprint) in stale.items():
+            summary = merge_shards(out / "shards", splits[split], hp.channels, self.length, stem, fingerprint,
+                                   settings_fingerprint(list(hp.channels), self.channel_specs, self.options))
+            log.info("VitalDB %s: %s -> %s", split, describe(summary), stem.with_suffix(".npy"))
+            if not summary["windows"]:
+                raise BioexpError(f"no usable {split} windows from {self.root}: {describe(summary)}; "
                                   "check the tracks/channels (data.channels) and the quality gates (data.windows)")
-            windows.save(path, fingerprint)
+
+    def _load(self, name: str) -> Windows | None:
+        path = self.windows_dir() / name
+        if not (path.is_file() or path.with_suffix(".npy").is_file()):
+            return None
+        windows = Windows.load(path)
+        self._check_channels(windows, path)
+        return windows
 
     def windows(self) -> dict[str, Windows]:
         """Train/val/test windows, built or rebuilt first when needed."""
@@ -510,35 +391,51 @@ class VitalDBDataModule(SplitDataModule):
             return self._windows
         hp = self.hparams
         if self.root is not None:
+            self.windows_dir()  # refuses before anything is synthesised
             self._ensure_cases()
             self._build_missing()
-        train_path = self.windows_dir / hp.train_file
-        if not train_path.is_file():
-            raise DataNotFoundError(f"{train_path} not found; build it with `python -m bioexp.data.vitaldb "
+        where = self.windows_dir()
+        train, val, test = (self._load(name) for name in self._files())
+        if train is None:
+            raise DataNotFoundError(f"{where / hp.train_file} not found; build it with `python -m bioexp.data.vitaldb "
                                     "build-windows ...` or set data.root to a folder of VitalDB cases")
-        out = {"train": Windows.load(train_path)}
-        self._check_channels(out["train"], train_path)
-        val_path, test_path = self.windows_dir / hp.val_file, self.windows_dir / hp.test_file
-        if val_path.is_file():
-            out["val"] = Windows.load(val_path)
-        else:  # hold out a seeded fraction of the training windows
-            order = np.random.default_rng(hp.seed).permutation(len(out["train"].data))
-            n_val = max(1, round(hp.val_fraction * len(order)))
-            if len(order) < 2:
-                raise BioexpError(f"{train_path} has {len(order)} window(s): too few to hold out validation ones")
-            log.info("No %s: holding out %d of %d training windows for validation", val_path, n_val, len(order))
-            out["val"], out["train"] = out["train"].subset(order[:n_val]), out["train"].subset(order[n_val:])
-        out["test"] = Windows.load(test_path) if test_path.is_file() else out["val"]
+        if self.root is None and train.case_ids is None:
+            log.warning("%s records no case ids (the guide's data/labels layout): the patient split of these "
+                        "files cannot be checked", where / hp.train_file)
+        if val is None:
+            if self.root is not None:
+                raise BioexpError(f"no validation cases: {describe(train.summary)} in train and none in val; add "
+                                  "cases or change data.split_fractions")
+            train, val = held_out_by_case(train, hp.val_fraction, hp.seed, str(where / hp.train_file))
+        if test is None:
+            if not hp.test_on_val:
+                absent = f"{where / hp.test_file} absent" + (" or no test cases" if self.root else "")
+                raise DataNotFoundError(f"no test windows ({absent}); "
+                                        "provide them, or test on the validation windows with data.test_on_val=true")
+            log.warning("data.test_on_val=true: the test stage uses the validation windows")
+            test = val
+        out = {"train": train, "val": val, "test": test}
+        self._check_disjoint(out)
         if hp.target:
             out = {k: v.subset(np.flatnonzero(np.isfinite(v.hr))) for k, v in out.items()}
-            if min(len(v.data) for v in out.values()) == 0:
+            if min(len(v) for v in out.values()) == 0:
                 raise BioexpError(f"data.target=hr but some split has no window with a heart-rate label (track "
                                   f"{HR_TRACK}); use cases that have it, or data.target=null for pretraining")
-        if hp.max_train_windows and len(out["train"].data) > hp.max_train_windows:
-            rows = np.random.default_rng(hp.seed).choice(len(out["train"].data), hp.max_train_windows, replace=False)
+        if hp.max_train_windows and len(out["train"]) > hp.max_train_windows:
+            rows = np.random.default_rng(hp.seed).choice(len(out["train"]), hp.max_train_windows, replace=False)
             out["train"] = out["train"].subset(np.sort(rows))
         self._windows = out
         return out
+
+    def _check_disjoint(self, out: dict[str, Windows]) -> None:
+        """No case in two splits (test may be val itself, by request)."""
+        ids = {k: set(v.case_ids.tolist()) for k, v in out.items() if v.case_ids is not None}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            if a in ids and b in ids and out[a] is not out[b] and ids[a] & ids[b]:
+                shared = sorted(ids[a] & ids[b])
+                raise BioexpError(f"cases {shared[:3]}{' ...' if len(shared) > 3 else ''} have windows in both "
+                                  f"{a} and {b} ({self.windows_dir()}): the split leaks; rebuild the windows from "
+                                  "data.root")
 
     def _check_channels(self, windows: Windows, path: Path) -> None:
         want = list(self.hparams.channels)
@@ -553,19 +450,30 @@ class VitalDBDataModule(SplitDataModule):
         self.datasets = {k: WindowDataset(v) for k, v in self.windows().items()}
 
 
-
 class WindowDataset:
-    """``(x [C, L], hr)`` pairs; accepts plain indices and :class:`EpochSampler`'s ``(index, seed)``."""
+    """``(x [C, L], hr)`` pairs read from the (memory-mapped) windows; accepts :class:`EpochSampler`'s
+    ``(index, seed)``. Pickled for worker processes as the file name, not the data."""
 
     def __init__(self, windows: Windows) -> None:
-        self.data, self.hr = windows.data, windows.hr
+        self.data, self.rows, self.hr = windows.data, windows.index(), windows.hr
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.rows)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = item[0] if isinstance(item, tuple) else item
-        return torch.from_numpy(self.data[index]), torch.tensor(self.hr[index])
+        return torch.from_numpy(np.array(self.data[self.rows[index]], np.float32)), torch.tensor(self.hr[index])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if isinstance(self.data, np.memmap) and self.data.filename:
+            state["data"] = str(self.data.filename)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(self.data, str):
+            self.data = np.load(self.data, mmap_mode="r")
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -579,28 +487,63 @@ def _yaml(path: str | None) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise BioexpError(f"--shard {text!r}: write it as i/n with 0 <= i < n (e.g. 0/4)")
+    return i, n
+
+
+def shard_cases(case_ids: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """The ``i``-th of ``n`` contiguous case-id ranges (sorted ids), so ``n`` machines cover every case once."""
+    ids = sorted(case_ids)
+    return ids if shard is None else [str(c) for c in np.array_split(np.array(ids, dtype=object), shard[1])[shard[0]]]
+
+
 def _cmd_prepare(args: argparse.Namespace) -> str:
-    splits = prepare_splits(Path(args.cases_dir), args.mode, args.case_set, args.seed, args.fractions,
-                            args.fasttrack_cases)
+    root = Path(args.cases_dir)
+    index = build_index(root, Path(args.output) / "index.json", args.workers) if args.case_set == "bis" else None
+    splits = prepare_splits(root, args.mode, args.case_set, args.seed, args.fractions, args.fasttrack_cases,
+                            args.clinical_csv, index)
     path = write_splits(splits, Path(args.output))
     return f"wrote {path}: " + ", ".join(f"{s} {len(splits[s])} cases" for s in SPLITS)
 
 
-def _cmd_build(args: argparse.Namespace) -> str:
+def _build_args(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Any], dict[str, Any], Path]:
     splits = read_splits(Path(args.split_file))
-    if args.split not in SPLITS:
-        raise BioexpError(f"unknown split {args.split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(args.cases_dir or splits["source"])
-    channel_specs = merge(CHANNELS, _yaml(args.channels_yaml))
-    options = merge(WINDOWS, _yaml(args.windows_yaml))
-    windows = build_windows(root, splits[args.split], args.channels, channel_specs, options)
-    if not len(windows.data):
-        raise BioexpError(f"no usable windows: {describe(windows.summary)}")
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.split}_windows.npz"
-    windows.save(path, windows_fingerprint(root, splits[args.split], args.channels, channel_specs, options))
-    return f"wrote {path} ({tuple(windows.data.shape)}): {describe(windows.summary)}"
+    specs, options = merge(CHANNELS, _yaml(args.channels_yaml)), merge(WINDOWS, _yaml(args.windows_yaml))
+    return root, splits[args.split], specs, options, Path(args.outdir)
+
+
+def _cmd_build(args: argparse.Namespace) -> str:
+    root, cases, channel_specs, options, out = _build_args(args)
+    check_channels(args.channels, channel_specs)
+    shard = _shard(args.shard)
+    mine = shard_cases(cases, shard)
+    built = build_case_shards(root, mine, args.channels, channel_specs, options, out / "shards", args.workers)
+    if shard is not None:
+        return (f"built {built} of {len(mine)} cases of shard {shard[0]}/{shard[1]} into {out / 'shards'}; after all "
+                "shards (copied into one shards/ folder): `python -m bioexp.data.vitaldb merge-windows` with the same "
+                "arguments")
+    return _cmd_merge(args)
+
+
+def _cmd_merge(args: argparse.Namespace) -> str:
+    root, cases, channel_specs, options, out = _build_args(args)
+    stem = out / f"{args.split}_windows"
+    length = round(options["seconds"] * options["fs"])
+    summary = merge_shards(out / "shards", cases, args.channels, length, stem,
+                           windows_fingerprint(root, cases, args.channels, channel_specs, options),
+                           settings_fingerprint(args.channels, channel_specs, options))
+    if not summary["windows"]:
+        raise BioexpError(f"no usable windows: {describe(summary)}")
+    return f"wrote {stem}.npy ({summary['windows']} x {len(args.channels)} x {length}): {describe(summary)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -610,21 +553,31 @@ def build_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser("prepare-splits", help="patient-level train/val/test case ids -> splits_<mode>.json")
     prep.add_argument("--cases-dir", required=True, help="folder of .vital files / WFDB records")
     prep.add_argument("--mode", choices=MODES, default="fasttrack", help="fasttrack: a small subset (default)")
-    prep.add_argument("--case-set", choices=sorted(CASE_SETS), default="all", help="bis: cases with a BIS track")
+    prep.add_argument("--case-set", choices=CASE_SETS, default="all", help="bis: cases with a BIS track")
     prep.add_argument("--output", default="data", help="folder for splits_<mode>.json (default data)")
+    prep.add_argument("--clinical-csv", default=None, help=f"default: {CLINICAL} in the cases dir or one level up")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     prep.add_argument("--fasttrack-cases", type=int, default=70, help="cases kept in fasttrack mode (default 70)")
+    prep.add_argument("--workers", type=int, default=1, help="processes indexing the cases (case-set bis)")
     prep.set_defaults(handler=_cmd_prepare)
-    build = commands.add_parser("build-windows", help="filtered, gated, z-scored windows -> <split>_windows.npz")
-    build.add_argument("--split-file", required=True)
-    build.add_argument("--split", default="train", choices=SPLITS)
-    build.add_argument("--outdir", required=True)
-    build.add_argument("--cases-dir", default=None, help="default: the split file's source folder")
-    build.add_argument("--channels", nargs="+", default=["PPG", "ECG"])
-    build.add_argument("--channels-yaml", default=None, help="per-channel track names and filters (overrides)")
-    build.add_argument("--windows-yaml", default=None, help="window length, rate and quality gates (overrides)")
-    build.set_defaults(handler=_cmd_build)
+    for name, handler, text in (("build-windows", _cmd_build, "filtered, gated, z-scored windows -> "
+                                 "<outdir>/<split>_windows.npy (+ .meta.npz), per-case shards in <outdir>/shards"),
+                                ("merge-windows", _cmd_merge, "merge the per-case shards of a split (after --shard "
+                                 "builds) -> <outdir>/<split>_windows.npy")):
+        build = commands.add_parser(name, help=text)
+        build.add_argument("--split-file", required=True)
+        build.add_argument("--split", default="train", choices=SPLITS)
+        build.add_argument("--outdir", required=True)
+        build.add_argument("--cases-dir", default=None, help="default: the split file's source folder")
+        build.add_argument("--channels", nargs="+", default=["PPG", "ECG"])
+        build.add_argument("--channels-yaml", default=None, help="per-channel track names and filters (overrides)")
+        build.add_argument("--windows-yaml", default=None, help="window length, rate and quality gates (overrides)")
+        build.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+        if name == "build-windows":
+            build.add_argument("--shard", default=None, help="i/n: build only the i-th of n case-id ranges "
+                               "(one per machine), then merge-windows")
+        build.set_defaults(handler=handler)
     return parser
 
 

@@ -67,12 +67,15 @@ def inflate_state_dict(pretrained: Mapping[str, torch.Tensor], target: Mapping[s
 
 
 def load_pretrained(path: str | Path, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``prefix``-ed weights of a Lightning checkpoint (prefix stripped) and its hyperparameters."""
+    """``prefix``-ed weights of a Lightning checkpoint (prefix stripped) and its hyperparameters; a checkpoint
+    in the guide's layout (``encoder_state_dict``, ``config``) gives those instead."""
     path = Path(path)
     if not path.is_file():
         raise BioexpError(f"pretrained checkpoint {path} not found; pretrain with "
                           "`python -m bioexp.train experiment=vitaldb_msm` and pass its checkpoints/last.ckpt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "encoder_state_dict" in checkpoint:
+        return dict(checkpoint["encoder_state_dict"]), dict(checkpoint.get("config") or {})
     state = {k.removeprefix(prefix): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
     if not state:
         raise BioexpError(f"{path} holds no '{prefix}*' weights; is it a masked-signal-modeling checkpoint?")

@@ -10,6 +10,8 @@ The target is standardised with the training set's mean/std; MAE and RMSE are in
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,3 +90,26 @@ class InflatedRegressor(Task):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
+
+
+def _channel_names(channels: int | Sequence[str], known: Sequence[str]) -> list[str]:
+    """Names for a channel count: the known names first, then ``ch<i>`` for the new ones."""
+    if not isinstance(channels, int):
+        return list(channels)
+    return [*known[:channels], *(f"ch{i}" for i in range(len(known), channels))]
+
+
+def load_pretrained_with_channel_inflate(checkpoint_path: str | Path, pretrain_channels: int | Sequence[str],
+                                         finetune_channels: int | Sequence[str],
+                                         model_config: dict[str, Any]) -> InflatedRegressor:
+    """The guide's fine-tuning entry point: an :class:`InflatedRegressor` for ``finetune_channels`` whose
+    encoder is inflated from the MSM checkpoint trained on ``pretrain_channels`` (counts or names; with
+    counts, the checkpoint's recorded names are kept and new channels are named ``ch<i>``).
+    ``model_config`` holds the other :class:`InflatedRegressor` arguments (encoder, head, optimizer, ...)."""
+    _, hparams = load_pretrained(checkpoint_path, "encoder.")
+    recorded = list(hparams.get("channels") or [])
+    old = _channel_names(pretrain_channels, recorded if isinstance(pretrain_channels, int)
+                         and len(recorded) == pretrain_channels else [])
+    new = _channel_names(finetune_channels, old)
+    pretrained = {**model_config.get("pretrained", {}), "checkpoint": str(checkpoint_path), "channels": old}
+    return InflatedRegressor(**{**model_config, "in_channels": len(new), "channels": new, "pretrained": pretrained})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import netrc
 import os
 
@@ -39,3 +41,20 @@ if not OmegaConf.has_resolver("launch_dir"):
     OmegaConf.register_new_resolver("launch_dir", launch_dir)
 if not OmegaConf.has_resolver("wandb_offline"):
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+
+
+@functools.cache
+def amp_if_gpu(precision: str = "16-mixed", accelerator: str = "auto") -> str:
+    """``precision`` when training will run on a CUDA GPU (accelerator ``auto``/``gpu``/``cuda`` and CUDA
+    available), else ``32-true`` with one info line: a recipe's "AMP by default on a GPU" as a config value
+    (``trainer.precision: ${amp_if_gpu:16-mixed,${trainer.accelerator}}``); fp32 by overriding the key."""
+    import torch
+
+    if str(accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return str(precision)
+    logging.getLogger(__name__).info("No CUDA GPU for accelerator=%s: mixed precision off (32-true)", accelerator)
+    return "32-true"
+
+
+if not OmegaConf.has_resolver("amp_if_gpu"):
+    OmegaConf.register_new_resolver("amp_if_gpu", amp_if_gpu)

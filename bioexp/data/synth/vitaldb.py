@@ -12,6 +12,7 @@ tracks: ``Solar8000/HR`` (the monitor heart rate, 1 Hz: the fine-tuning target) 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -120,12 +121,15 @@ def write_vital(path: Path, signals: dict[str, np.ndarray], hr: np.ndarray, star
 
 def generate_vitaldb(out: str | Path, cases: int = 40, seed: int = 0, minutes: float = 5.0,
                      overwrite: bool = False) -> Path:
-    """Write ``cases`` synthetic cases to ``out`` (``0001.vital`` ...); same seed, same signals."""
+    """Write ``cases`` synthetic cases to ``out`` (``0001.vital`` ...); same seed, same signals.
+
+    An existing ``out`` without cases (e.g. only bioexp's window folder) is filled; one with cases is an
+    error unless ``overwrite`` (which replaces the whole folder).
+    """
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    existing = out.exists() and any(out.glob("*.vital"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds cases; pass --overwrite to replace it")
     if minutes * 60 < 12:
         raise ValueError(f"cases must last at least 12 s (one window and its defects), got {minutes} min")
     tmp = out.with_name(out.name + ".partial")
@@ -144,5 +148,12 @@ def generate_vitaldb(out: str | Path, cases: int = 40, seed: int = 0, minutes: f
         truth_rows.append({"caseid": case, "bis": bis, **truth})
     pd.DataFrame(clinical).to_csv(tmp / "clinical_data.csv", index=False)
     pd.DataFrame(truth_rows).to_csv(tmp / "ground_truth.csv", index=False, float_format="%.4f")
-    tmp.rename(out)
+    if existing:
+        shutil.rmtree(out)
+    if out.exists():  # a folder without cases: move the new files in, leave what is there
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out / path.name)
+        tmp.rmdir()
+    else:
+        tmp.rename(out)
     return out
