@@ -135,14 +135,14 @@ class CSIMetrics(nn.Module):
                 out[f"{key}_{c}"] = overall[key][c]
         if self.mae.total > 0:
             out.update(csi_mae=self.mae.compute(), csi_rmse=self.rmse.compute(), csi_pearson=self.pearson.compute())
-        if self.csv["mae"].total > 0:
-            out.update({f"csi_csv_{k}": m.compute() for k, m in self.csv.items()})
             ahf = self.ahf.compute()
             scores = class_scores(ahf, ahf.shape[0])
             present = scores["present"]
             out["ahf_accuracy"] = ahf.diagonal().sum().double() / ahf.sum()
             for key in ("precision", "recall", "f1"):
                 out[f"ahf_{key}"] = scores[key][present].mean()
+        if self.csv["mae"].total > 0:
+            out.update({f"csi_csv_{k}": m.compute() for k, m in self.csv.items()})
         return {k: v.float() for k, v in out.items()}
 
     def reset(self) -> None:
