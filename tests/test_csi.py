@@ -204,7 +204,7 @@ def test_cli_experiment_runs_and_bad_pretrained_is_one_line(tmp_path, csi_root):
     base = [*BASE, f"data.root={csi_root}", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"]
     done = run_cli([*base, *CUSTOM, "debug=fdr"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimized_metric"]["name"] == "val/f1_weighted"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimized_metric"]["name"] == "val/loss"
     bad = run_cli([*base, "model/backbone=chexnet", "model.backbone.pretrained=true"], tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "model.backbone.weights_path=" in bad.stderr and "pretrained=false" in bad.stderr

@@ -156,7 +156,7 @@ def test_nifti_of_shape_1_h_w_is_one_image(tmp_path):
         read_image(tmp_path / "c.nii.gz")
 
 
-def _cohort(root: Path, n: int = 30, patient_column: str | None = "AdmissionID", **columns) -> Path:
+def write_png_cohort(root: Path, n: int = 30, patient_column: str | None = "AdmissionID", **columns) -> Path:
     """``n`` 16-px PNG images with integer-looking FileIDs and random scores (some blank or 4)."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
@@ -184,7 +184,7 @@ def _module(root: Path, **kwargs) -> CSIDataModule:
 
 
 def test_spreadsheet_file_ids_and_explicit_ungradable_scores_are_kept(tmp_path, caplog):
-    root = _cohort(tmp_path / "c")
+    root = write_png_cohort(tmp_path / "c")
     text = (root / "labels.csv").read_text()
     assert "10000.0;" in text and ";4;" in text
     table, skipped = read_labels(root / "labels.csv")
@@ -206,18 +206,18 @@ def test_spreadsheet_file_ids_and_explicit_ungradable_scores_are_kept(tmp_path, 
 
 def test_patient_column_choice_and_per_image_split_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        dm = _module(_cohort(tmp_path / "none", patient_column=None))
+        dm = _module(write_png_cohort(tmp_path / "none", patient_column=None))
     assert "splitting per image" in caplog.text and dm.patient_column(dm.table()) is None
-    dm = _module(_cohort(tmp_path / "exam", patient_column="ExamCode"))
+    dm = _module(write_png_cohort(tmp_path / "exam", patient_column="ExamCode"))
     assert dm.patient_column(dm.table()) == "ExamCode"
     with pytest.raises(BioexpError, match="data.patient_column='Subject' is not a column"):
-        _module(_cohort(tmp_path / "named"), patient_column="Subject")
-    root = _cohort(tmp_path / "both", Subject=[f"S{i // 3}" for i in range(30)])
+        _module(write_png_cohort(tmp_path / "named"), patient_column="Subject")
+    root = write_png_cohort(tmp_path / "both", Subject=[f"S{i // 3}" for i in range(30)])
     assert _module(root, patient_column="Subject").patient_column(_module(root).table()) == "Subject"
 
 
 def test_split_depends_on_split_seed_not_seed(tmp_path):
-    root = _cohort(tmp_path / "c", n=40)
+    root = write_png_cohort(tmp_path / "c", n=40)
 
     def test_rows(**kwargs) -> list[int]:
         return sorted(_module(root, **kwargs).datasets["test"].rows.tolist())
@@ -227,7 +227,7 @@ def test_split_depends_on_split_seed_not_seed(tmp_path):
 
 
 def test_unreadable_images_are_logged_one_line_each_and_a_threshold_fails(tmp_path, caplog):
-    root = _cohort(tmp_path / "c", n=40)
+    root = write_png_cohort(tmp_path / "c", n=40)
     (root / "images" / "10001.png").write_bytes(b"not an image")
     (root / "images" / "10002.png").unlink()
     with caplog.at_level(logging.WARNING):
@@ -241,7 +241,7 @@ def test_unreadable_images_are_logged_one_line_each_and_a_threshold_fails(tmp_pa
 
 def test_the_csv_csi_column_reaches_the_batches(tmp_path):
     values = [f"{v:.2f}" if i % 5 else "" for i, v in enumerate(np.linspace(0, 3, 30))]
-    dm = _module(_cohort(tmp_path / "c", csi=values))
+    dm = _module(write_png_cohort(tmp_path / "c", csi=values))
     x, y, csi = next(iter(dm.val_dataloader()))
     table = dm.table().set_index("row")
     expected = table.loc[dm.datasets["val"].rows[:len(csi)], "csi"].to_numpy(np.float32)
