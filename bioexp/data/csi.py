@@ -279,16 +279,6 @@ def augment_image(x: torch.Tensor, rng: np.random.Generator, rotate: float = 5.0
     return (x + float(rng.uniform(-brightness, brightness))).clamp(0, 1)
 
 
-def looks_inverted(images: np.ndarray) -> np.ndarray:
-    """Which frontal chest images ``[N, S, S]`` (air dark expected) have lung fields brighter than the
-    mediastinum: the sign of a wrong PhotometricInterpretation (MONOCHROME1 tag over MONOCHROME2 pixels)."""
-    n = images.shape[-1]
-    rows, side, centre = slice(int(0.3 * n), int(0.55 * n)), int(0.15 * n), slice(int(0.45 * n), int(0.55 * n))
-    lungs = (images[:, rows, int(0.2 * n):int(0.2 * n) + side].mean((1, 2))
-             + images[:, rows, int(0.65 * n):int(0.65 * n) + side].mean((1, 2))) / 2
-    return lungs > images[:, rows, centre].mean((1, 2))
-
-
 class CSIDataModule(SplitDataModule):
     """Six-zone CSI data with a seeded, stratified 70/15/15 split (by patient when a patient column exists).
 
@@ -379,13 +369,6 @@ class CSIDataModule(SplitDataModule):
             log.info("CSI: the CSV's %s column vs the mean of the gradable zone scores: %d of %d images differ by "
                      "more than 0.05 (%d blank)", CSI_COLUMN, int(np.sum(gap > 0.05)), len(gap),
                      int(self._table[CSI_COLUMN].isna().sum()))
-        images = cache.open()
-        rows = self._table["row"].to_numpy()
-        for start in range(0, len(rows), 512):
-            chunk = rows[start:start + 512]
-            for file_id in self._table["FileID"].to_numpy()[start:start + 512][looks_inverted(images[chunk])]:
-                log.warning("CSI: image %s has lung fields brighter than the mediastinum: inverted? (check its "
-                            "PhotometricInterpretation)", file_id)
         self._cache = cache
         return cache
 
