@@ -56,7 +56,7 @@ def test_cli_trains_with_a_sweeps_best_params(tmp_path):
             "data.image_size=32", "data.num_workers=0", "trainer=cpu", "callbacks.rich_progress_bar=null",
             "print_config=false", "debug=fdr", "logger=csv"]
     done = run_cli([*base, "hparams_from=sweep/optimization_results.yaml", "model.backbone.widths=[4,8,8,16,16]",
-                    "model.dropout=0.1", "hydra.run.dir=run"], tmp_path)
+                    "model.dropout=0.1", "hydra.run.dir=run"], tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = OmegaConf.load(tmp_path / "run" / "resolved_config.yaml")
     assert cfg.model.backbone.name == "custom_1" and cfg.model.optimizer._target_ == "torch.optim.SGD"
