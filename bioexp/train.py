@@ -6,6 +6,7 @@ config errors answer in about a second.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @report_user_errors
-def main(cfg: DictConfig) -> float | None:
+def run_hydra(cfg: DictConfig) -> float | None:
     from bioexp.utils.run import checked_objective, finish_wandb
 
     try:
@@ -86,6 +87,15 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
     return checked_objective(value, cfg.get("optimized_metric"))
+
+
+@report_user_errors
+def main() -> float | None:
+    """Entry point: ``hparams_from=<sweep result>`` becomes the sweep's best overrides, then Hydra runs."""
+    from bioexp.utils.hparams import expand_argv
+
+    sys.argv = expand_argv(sys.argv)
+    return run_hydra()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bioexp.data.csi import CSIDataModule, CSIDataset, read_image, read_labels, split_indices, strata
+from bioexp.data.csi import (
+    CSIDataModule,
+    CSIDataset,
+    csi_average,
+    read_image,
+    read_labels,
+    split_indices,
+    strata,
+)
 from bioexp.data.synth.csi import ZONES, generate_csi, render, to_nifti_array
 from bioexp.errors import BioexpError, DataNotFoundError
 from bioexp.tasks.csi import CSITask
@@ -41,7 +49,7 @@ def _module(root: Path, cache: Path, **kwargs) -> CSIDataModule:
 
 def test_synthetic_cohort_is_in_the_real_format(csi_root):
     text = (csi_root / "labels.csv").read_text().splitlines()
-    assert text[0] == "FileID;" + ";".join(ZONES) + ";PatientID"
+    assert text[0] == "FileID;" + ";".join(ZONES) + ";PatientID;csi"
     table, skipped = read_labels(csi_root / "labels.csv")
     assert len(table) == 120 and not skipped
     scores = table[list(ZONES)].to_numpy()
@@ -50,6 +58,7 @@ def test_synthetic_cohort_is_in_the_real_format(csi_root):
     image = nib.load(csi_root / "images" / "CXR00000.nii.gz")
     assert image.get_data_dtype() == np.float32 and image.shape == (64, 64)
     assert table["PatientID"].nunique() < len(table)  # some patients have two images
+    np.testing.assert_allclose(table["csi"], csi_average(scores), atol=0.005)  # the cohort's own CSI average
 
 
 def test_nifti_orientation_round_trips_and_zone_appearance_follows_the_score(tmp_path):
@@ -85,7 +94,7 @@ def test_png_jpeg_and_dicom_images_are_read(tmp_path):
         ds.save_as(tmp_path / f"{photometric}.dcm", enforce_file_format=True)
     expected = pixels * 2.0 - 10
     np.testing.assert_allclose(read_image(tmp_path / "MONOCHROME2.dcm"), expected)
-    np.testing.assert_allclose(read_image(tmp_path / "MONOCHROME1.dcm"), expected.max() - expected)
+    np.testing.assert_allclose(read_image(tmp_path / "MONOCHROME1.dcm"), expected.max() + expected.min() - expected)
 
 
 def test_bad_rows_and_images_are_skipped_and_reported(tmp_path, csi_root, caplog):
@@ -102,7 +111,7 @@ def test_bad_rows_and_images_are_skipped_and_reported(tmp_path, csi_root, caplog
         dm = _module(root, tmp_path / "cache")
     assert set(dm.skipped) == {"CXR00000", "CXR00001", "CXR00002", "CXR00003"}
     assert "outside 0-3" in dm.skipped["CXR00000"] and "no image" in dm.skipped["CXR00002"]
-    assert "skipping 4 of 120" in caplog.text
+    assert "skipped 4 of 120" in caplog.text
     assert sum(len(ds) for ds in dm.datasets.values()) == 116
 
 
@@ -195,7 +204,7 @@ def test_cli_experiment_runs_and_bad_pretrained_is_one_line(tmp_path, csi_root):
     base = [*BASE, f"data.root={csi_root}", f"data.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"]
     done = run_cli([*base, *CUSTOM, "debug=fdr"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimized_metric"]["name"] == "val/f1_weighted"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimized_metric"]["name"] == "val/loss"
     bad = run_cli([*base, "model/backbone=chexnet", "model.backbone.pretrained=true"], tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "model.backbone.weights_path=" in bad.stderr and "pretrained=false" in bad.stderr

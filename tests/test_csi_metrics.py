@@ -56,12 +56,13 @@ def test_metrics_match_scikit_learn_over_several_batches():
     for z, zone in enumerate(("right_sup", "left_sup", "right_mid", "left_mid", "right_inf", "left_inf")):
         assert (got[f"f1_macro_{zone}"], got[f"f1_weighted_{zone}"]) == pytest.approx(
             f1s(target[:, z], pred[:, z]), abs=1e-6)
-    keep = target.ravel() != 4
-    precision, recall, _, _ = precision_recall_fscore_support(target.ravel()[keep], pred.ravel()[keep],
-                                                              labels=[0, 1, 2, 3], zero_division=0)
-    for c in range(4):
+    precision, recall, f1, _ = precision_recall_fscore_support(target.ravel(), pred.ravel(), labels=[0, 1, 2, 3, 4],
+                                                               zero_division=0)
+    for c in range(5):  # every zone, "unknown" (4) included
         assert got[f"precision_{c}"] == pytest.approx(precision[c], abs=1e-6)
         assert got[f"recall_{c}"] == pytest.approx(recall[c], abs=1e-6)
+        assert got[f"f1_{c}"] == pytest.approx(f1[c], abs=1e-6)
+    assert got["recall_4"] > 0.3 and got["precision_4"] > 0.3  # the unknown class is scored, not left out
 
     gradable = target != 4
     valid = gradable.any(1)
@@ -85,6 +86,24 @@ def test_metrics_match_scikit_learn_over_several_batches():
     metrics.reset()
     metrics.update(*_batch(9, n=5))
     assert metrics.ahf.compute().sum() <= 5  # reset forgets earlier batches
+
+
+def test_the_csv_csi_is_compared_with_the_predicted_csi_where_given():
+    logits, target = _batch(4)
+    csv = torch.linspace(0, 3, len(target))
+    csv[::4] = float("nan")  # blank in the CSV
+    metrics = CSIMetrics()
+    metrics.update(logits[:20], target[:20], csv[:20])
+    metrics.update(logits[20:], target[20:], csv[20:])
+    got = metrics.compute()
+    est, given = predicted_csi(logits, 4).numpy(), ~torch.isnan(csv).numpy()
+    est, true = est[given], csv.numpy()[given]
+    assert got["csi_csv_mae"].item() == pytest.approx(np.abs(est - true).mean(), abs=1e-5)
+    assert got["csi_csv_rmse"].item() == pytest.approx(np.sqrt(((est - true) ** 2).mean()), abs=1e-5)
+    assert got["csi_csv_pearson"].item() == pytest.approx(np.corrcoef(est, true)[0, 1], abs=1e-5)
+    plain = CSIMetrics()
+    plain.update(logits, target)
+    assert "csi_csv_mae" not in plain.compute()  # no csi column: no csi_csv_* metrics
 
 
 def test_ahf_bands_and_predicted_csi():

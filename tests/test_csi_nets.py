@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models import densenet121
 
-from bioexp.errors import WeightsNotFoundError
+from bioexp.errors import BioexpError, WeightsNotFoundError
 from bioexp.nets.csi import CSINet, Custom1, RadDINO, build_backbone, chexnet
 
 TINY_DINO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "mlp_ratio": 2, "patch_size": 14,
@@ -51,6 +54,27 @@ def test_each_backbone_gives_six_zone_logits(backbone, size, features):
 def test_pretrained_without_local_weights_names_both_ways_out(name):
     with pytest.raises(WeightsNotFoundError, match=r"weights_path=.*pretrained=false"):
         build_backbone(name, pretrained=True, config=TINY_DINO)
+
+
+def test_pretrained_auto_uses_torchvisions_cache_when_present_else_warns_once(tmp_path, caplog):
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    with caplog.at_level(logging.WARNING):
+        build_backbone("resnet50", pretrained="auto")
+    assert [r.getMessage().count("training from scratch") for r in caplog.records] == [1]
+    torch.manual_seed(1)
+    reference = resnet50(weights=None)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet50_Weights.IMAGENET1K_V2.url).name
+    cache.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache)
+    caplog.clear()
+    for pretrained in ("auto", True):
+        net, _ = build_backbone("resnet50", pretrained=pretrained)
+        torch.testing.assert_close(net.state_dict()["conv1.weight"], reference.state_dict()["conv1.weight"])
+    assert not caplog.records
+    with pytest.raises(BioexpError, match="true, false or auto"):
+        build_backbone("resnet50", pretrained="yes")
+    assert build_backbone("custom_1", pretrained="auto", widths=[4, 4, 8, 8, 16])[1] == 16  # none to find
 
 
 def test_a_chexnet_checkpoint_loads_from_a_local_path(tmp_path):

@@ -4,11 +4,13 @@ Backbones: ``resnet50`` (torchvision), ``chexnet`` (torchvision DenseNet121; a C
 loads from a local path), ``raddino`` (a DINOv2 ViT-B/14 built from its transformers config;
 weights from a local directory) and ``custom_1`` (a 5-layer CNN). Pretrained weights are only ever
 read from local files unless ``download`` is asked for: ``pretrained=true`` without them is a
-:class:`~bioexp.errors.WeightsNotFoundError` that names the ways out.
+:class:`~bioexp.errors.WeightsNotFoundError` that names the ways out; ``pretrained=auto`` uses them
+when present and otherwise trains from scratch, saying so in one warning line.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,10 @@ from torch import nn
 
 from bioexp.errors import BioexpError, WeightsNotFoundError
 
+log = logging.getLogger(__name__)
+
 BACKBONES = ("resnet50", "chexnet", "raddino", "custom_1")
+Pretrained = bool | str  # true | false | "auto"
 DATA_KEYS = ("input_size", "normalize")  # backbone settings the data reads (resize, normalisation)
 RADDINO_REPO = "microsoft/rad-dino"
 
@@ -56,6 +61,14 @@ def _missing(name: str, what: str, download: bool | None) -> WeightsNotFoundErro
         f"<{what}>{fetch}, or train from scratch with model.backbone.pretrained=false")
 
 
+def _absent(name: str, what: str, pretrained: Pretrained, download: bool | None) -> None:
+    """No local weights: ``auto`` goes on from scratch with one warning; ``true`` is an error naming the ways out."""
+    if pretrained != "auto":
+        raise _missing(name, what, download)
+    log.warning("%s: no local pretrained weights, training from scratch (model.backbone.pretrained=auto); set "
+                "model.backbone.weights_path=<%s>, or pretrained=true to make this an error", name, what)
+
+
 def _state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -75,7 +88,7 @@ def _load(net: nn.Module, state: dict[str, torch.Tensor], head: str, path: Any) 
                           f"unexpected {result.unexpected_keys[:3]}")
 
 
-def resnet50(pretrained: bool = False, weights_path: str | None = None,
+def resnet50(pretrained: Pretrained = False, weights_path: str | None = None,
              download: bool = False) -> tuple[nn.Module, int]:
     from torchvision.models import ResNet50_Weights
     from torchvision.models import resnet50 as build
@@ -92,12 +105,12 @@ def resnet50(pretrained: bool = False, weights_path: str | None = None,
         elif download:
             net.load_state_dict(weights.get_state_dict(progress=False))
         else:
-            raise _missing("resnet50", f"a torchvision resnet50 .pth, e.g. {cached}", download)
+            _absent("resnet50", f"a torchvision resnet50 .pth, e.g. {cached}", pretrained, download)
     net.fc = nn.Identity()
     return net, features
 
 
-def chexnet(pretrained: bool = False, weights_path: str | None = None) -> tuple[nn.Module, int]:
+def chexnet(pretrained: Pretrained = False, weights_path: str | None = None) -> tuple[nn.Module, int]:
     """DenseNet121; ``weights_path`` may be a CheXNet checkpoint (``module.densenet121.*``, old ``norm.1`` names)."""
     from torchvision.models import densenet121
 
@@ -108,7 +121,7 @@ def chexnet(pretrained: bool = False, weights_path: str | None = None) -> tuple[
         state = {re.sub(r"\.(norm|relu|conv)\.(\d)", r".\1\2", k): v for k, v in state.items()}
         _load(net, state, "classifier", weights_path)
     elif pretrained:
-        raise _missing("chexnet", "a CheXNet checkpoint such as model.pth.tar", None)
+        _absent("chexnet", "a CheXNet checkpoint such as model.pth.tar", pretrained, None)
     net.classifier = nn.Identity()
     return net, features
 
@@ -116,7 +129,7 @@ def chexnet(pretrained: bool = False, weights_path: str | None = None) -> tuple[
 class RadDINO(nn.Module):
     """DINOv2 encoder (transformers); features = its pooled (layer-normed) CLS token."""
 
-    def __init__(self, config: dict[str, Any], pretrained: bool = False, weights_path: str | None = None,
+    def __init__(self, config: dict[str, Any], pretrained: Pretrained = False, weights_path: str | None = None,
                  download: bool = False) -> None:
         super().__init__()
         from transformers import Dinov2Config, Dinov2Model  # lazy: transformers costs seconds to import
@@ -128,10 +141,10 @@ class RadDINO(nn.Module):
             self.encoder = Dinov2Model.from_pretrained(weights_path, local_files_only=True)
         elif pretrained and download:
             self.encoder = Dinov2Model.from_pretrained(RADDINO_REPO)
-        elif pretrained:
-            raise _missing("raddino", f"a directory holding {RADDINO_REPO} (config.json, model.safetensors)",
-                           download)
         else:
+            if pretrained:
+                _absent("raddino", f"a directory holding {RADDINO_REPO} (config.json, model.safetensors)",
+                        pretrained, download)
             self.encoder = Dinov2Model(Dinov2Config(**config))
         self.out_features = self.encoder.config.hidden_size
 
@@ -139,9 +152,11 @@ class RadDINO(nn.Module):
         return self.encoder(pixel_values=x).pooler_output
 
 
-def build_backbone(name: str, pretrained: bool = False, weights_path: str | None = None, download: bool = False,
+def build_backbone(name: str, pretrained: Pretrained = False, weights_path: str | None = None, download: bool = False,
                    **options: Any) -> tuple[nn.Module, int]:
     """``(module mapping [B, 3, H, W] to [B, F], F)`` for a backbone name and its options."""
+    if pretrained not in (True, False, "auto"):
+        raise BioexpError(f"model.backbone.pretrained must be true, false or auto, got {pretrained!r}")
     if name == "resnet50":
         return resnet50(pretrained, weights_path, download)
     if name == "chexnet":
@@ -150,7 +165,7 @@ def build_backbone(name: str, pretrained: bool = False, weights_path: str | None
         net = RadDINO(options.get("config", {}), pretrained, weights_path, download)
         return net, net.out_features
     if name == "custom_1":
-        if pretrained or weights_path:
+        if pretrained is True or weights_path:  # auto: there are none to find
             raise BioexpError("custom_1 has no pretrained weights; set model.backbone.pretrained=false")
         net = Custom1(**options)
         return net, net.out_features

@@ -6,9 +6,11 @@ regressions over the whole epoch):
 - per zone and overall: F1 macro and weighted over the scores 0-3 (zones whose true class is
   "unknown" are left out; predicting "unknown" for a gradable zone counts as a miss). Macro averages
   the score classes seen in the targets or predictions, as scikit-learn does;
-- overall per-class precision and recall for scores 0-3;
+- overall per-class F1, precision and recall of all five classes, "unknown" (4) included, over every
+  zone (as the published code's per-class report);
 - CSI average per image (mean score of the gradable zones; predicted: the mean of the zones the
   model grades, or of its best 0-3 score everywhere when it grades none) with MAE, RMSE, Pearson r;
+  the same against the labels CSV's own ``csi`` column when the cohort has one (``csi_csv_*``);
 - the acute heart failure class of that average (<= 1.3 → 0, <= 2.2 → 1, else 2): accuracy and
   macro precision / recall / F1, and its confusion matrix (kept for the test figure).
 """
@@ -96,19 +98,29 @@ class CSIMetrics(nn.Module):
         self.unknown = num_classes - 1
         self.zones = nn.ModuleList(MulticlassConfusionMatrix(num_classes, ignore_index=self.unknown)
                                    for _ in range(num_zones))
+        self.all_classes = MulticlassConfusionMatrix(num_classes)  # every zone, "unknown" included
         self.mae, self.rmse, self.pearson = MeanAbsoluteError(), MeanSquaredError(squared=False), PearsonCorrCoef()
+        self.csv = nn.ModuleDict({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False),
+                                  "pearson": PearsonCorrCoef()})
         self.ahf = MulticlassConfusionMatrix(len(AHF_THRESHOLDS) + 1)
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, csv_csi: torch.Tensor | None = None) -> None:
+        """``csv_csi``: the labels CSV's own CSI per image (NaN where it has none)."""
         pred = logits.argmax(-1)
         for z, confusion in enumerate(self.zones):
             confusion.update(pred[:, z], target[:, z])
+        self.all_classes.update(pred.reshape(-1), target.reshape(-1))
+        est = predicted_csi(logits, self.unknown)
         true, valid = csi_average(target, self.unknown)
         if valid.any():
-            est, true = predicted_csi(logits, self.unknown)[valid], true[valid]
             for metric in (self.mae, self.rmse, self.pearson):
-                metric.update(est, true)
-            self.ahf.update(ahf_class(est), ahf_class(true))
+                metric.update(est[valid], true[valid])
+            self.ahf.update(ahf_class(est[valid]), ahf_class(true[valid]))
+        if csv_csi is not None:
+            given = torch.isfinite(csv_csi)
+            if given.any():
+                for metric in self.csv.values():
+                    metric.update(est[given], csv_csi[given].to(est.dtype))
 
     def compute(self) -> dict[str, torch.Tensor]:
         names = ZONES if len(self.zones) == len(ZONES) else tuple(f"zone{z}" for z in range(len(self.zones)))
@@ -117,9 +129,10 @@ class CSIMetrics(nn.Module):
         out["f1_macro"], out["f1_weighted"] = f1_averages(torch.stack(matrices).sum(0), self.unknown)
         for name, cm in zip(names, matrices, strict=True):
             out[f"f1_macro_{name}"], out[f"f1_weighted_{name}"] = f1_averages(cm, self.unknown)
-        overall = class_scores(torch.stack(matrices).sum(0), self.unknown)
-        for c in range(self.unknown):
-            out[f"precision_{c}"], out[f"recall_{c}"] = overall["precision"][c], overall["recall"][c]
+        overall = class_scores(self.all_classes.compute(), self.unknown + 1)
+        for c in range(self.unknown + 1):
+            for key in ("f1", "precision", "recall"):
+                out[f"{key}_{c}"] = overall[key][c]
         if self.mae.total > 0:
             out.update(csi_mae=self.mae.compute(), csi_rmse=self.rmse.compute(), csi_pearson=self.pearson.compute())
             ahf = self.ahf.compute()
@@ -128,10 +141,12 @@ class CSIMetrics(nn.Module):
             out["ahf_accuracy"] = ahf.diagonal().sum().double() / ahf.sum()
             for key in ("precision", "recall", "f1"):
                 out[f"ahf_{key}"] = scores[key][present].mean()
+        if self.csv["mae"].total > 0:
+            out.update({f"csi_csv_{k}": m.compute() for k, m in self.csv.items()})
         return {k: v.float() for k, v in out.items()}
 
     def reset(self) -> None:
-        for metric in (*self.zones, self.mae, self.rmse, self.pearson, self.ahf):
+        for metric in (*self.zones, self.all_classes, self.mae, self.rmse, self.pearson, *self.csv.values(), self.ahf):
             metric.reset()
 
 
@@ -155,22 +170,26 @@ class CSITask(Task):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch[:2]
         logits = self(x)
         loss = self.criterion(logits, y)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=stage != "train")
         return loss, logits
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.metrics["val"].update(self._step(batch, "val")[1].detach(), batch[1])
+    def _evaluate(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
+        """Batches are ``(images, zone classes)`` or ``(..., the CSV's csi per image)``."""
+        self.metrics[stage].update(self._step(batch, stage)[1].detach(), *batch[1:3])
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.metrics["test"].update(self._step(batch, "test")[1].detach(), batch[1])
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
     def _epoch_end(self, stage: str) -> None:
         metrics = self.metrics[stage]

@@ -9,7 +9,8 @@ haze). Some zones are ungradable (covered by a dense overlay, as by a device or 
 collimation) and have a blank score. Images are float32 NIfTI ``.nii.gz`` stored as the cohort's
 converter stores them (transposed and mirrored, which :func:`bioexp.data.csi.read_image` undoes);
 labels are the ``;``-separated ``labels.csv`` with a ``PatientID`` column (some patients have two
-images). Patient-left is image-right (radiological convention).
+images) and the image's CSI average (``csi``: mean of the gradable zones, 2 decimals). Patient-left is
+image-right (radiological convention).
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def generate_csi(out: str | Path, images: int = 600, seed: int = 0, size: int = 
         data = np.round(to_nifti_array(img) * 1024) / 1024
         nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), tmp / "images" / f"{file_id}.nii.gz")
         zone_scores = [None if ungradable[i, z] else int(scores[i, z]) for z in range(6)]
-        rows.append({"FileID": file_id, **dict(zip(ZONES, zone_scores, strict=True)), "PatientID": f"P{patient:05d}"})
+        graded = [v for v in zone_scores if v is not None]
+        rows.append({"FileID": file_id, **dict(zip(ZONES, zone_scores, strict=True)), "PatientID": f"P{patient:05d}",
+                     "csi": round(float(np.mean(graded)), 2)})  # the cohort's own CSI average per image
     table = pd.DataFrame(rows)
     table[list(ZONES)] = table[list(ZONES)].astype("Int64")
     table.to_csv(tmp / "labels.csv", sep=";", index=False)
