@@ -110,6 +110,14 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("F" if img.mode.startswith("I") else "L"), dtype=np.float32)
 
 
+def image_errors() -> tuple[type[BaseException], ...]:
+    """The image readers' own "not a valid file" errors (neither is an OSError or ValueError)."""
+    from nibabel.filebasedimages import ImageFileError
+    from pydicom.errors import InvalidDicomError
+
+    return ImageFileError, InvalidDicomError
+
+
 def decode_image(images_dir: str, size: int, file_id: str) -> np.ndarray:
     """Find, read, scale to [0, 1] (min-max) and resize to ``size``² (antialiased bilinear)."""
     data = read_image(find_image(images_dir, file_id))
@@ -287,7 +295,8 @@ class CSIDataModule(SplitDataModule):
         ids = table["FileID"].tolist()
         fingerprint = file_fingerprint([labels_path, *(images_dir / i for i in ids)])
         cache = cached_stack(self.cache_dir, f"csi-{hp.image_size}px", ids, (hp.image_size, hp.image_size),
-                             partial(decode_image, str(images_dir), hp.image_size), fingerprint, hp.decode_workers)
+                             partial(decode_image, str(images_dir), hp.image_size), fingerprint, hp.decode_workers,
+                             item_errors=image_errors())
         total = len(ids) + len(skipped)
         skipped.update(cache.errors)
         self.skipped = skipped
