@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -50,4 +51,12 @@ class StepCheckpoint(ModelCheckpoint):
         if steps < 0:
             raise BioexpError(f"callbacks.step_checkpoint.every_n_train_steps must be >= 0 (or null: off), got {steps}")
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, monitor=None, every_n_train_steps=steps,
-                         every_n_epochs=0)
+                         every_n_epochs=0, enable_version_counter=False)
+
+    # ModelCheckpoint writes ``last`` at every epoch end even with every_n_epochs=0; the epoch-level
+    # checkpoint callback does that already.
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        return None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        return None

@@ -27,6 +27,7 @@ from bioexp.data.base import SplitDataModule
 from bioexp.data.sampling import item_rng
 from bioexp.data.synth.csi import ZONES
 from bioexp.errors import BioexpError, DataNotFoundError
+from bioexp.utils.fallbacks import warn_fallback
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def split_indices(targets: np.ndarray, groups: np.ndarray | None, fractions: tup
         try:  # stratify if every stratum has two members, else split at random
             return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset, stratify=labels))
         except ValueError:
+            warn_fallback("CSI split: a stratum has fewer than two members; split at random, not stratified")
             return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset))
 
     order = np.arange(len(units))
