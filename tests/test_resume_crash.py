@@ -24,7 +24,7 @@ STEPS_PER_EPOCH = 9  # 400 synthetic records: ~300 in folds 1-8, batches of 32, 
 def _args(root: Path, cache: Path, out: Path, epochs: int, *extra: str) -> list[str]:
     return ["experiment=ptbxl_xresnet1d50", "trainer=cpu", f"trainer.max_epochs={epochs}", f"data.root={root}",
             f"data.cache_dir={cache}", "data.num_workers=2", "data.batch_size=32", "data.synthesize=null", *TINY_NET,
-            "+trainer.limit_val_batches=2", "test=false", "logger=csv", "callbacks.rich_progress_bar=null",
+            "+trainer.limit_val_batches=1", "test=false", "logger=csv", "callbacks.rich_progress_bar=null",
             "print_config=false", f"hydra.run.dir={out}", *extra]
 
 
@@ -38,19 +38,20 @@ def _weights(run: Path) -> tuple[int, dict[str, torch.Tensor]]:
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path: Path, synth_root: Path):
-    cache, epochs, every = tmp_path / "cache", 3, ["callbacks.step_checkpoint.every_n_train_steps=4"]
+    cache, epochs, every = tmp_path / "cache", 2, ["callbacks.step_checkpoint.every_n_train_steps=4"]
     cmd = [sys.executable, "-m", "bioexp.train", *_args(synth_root, cache, tmp_path / "a", epochs)]
     err = (tmp_path / "a.err").open("w")
     straight = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-    # 1: killed in epoch 1 (2 batches in); its last.ckpt is the end of epoch 0.
-    k1 = run_cli(_args(synth_root, cache, tmp_path / "k1", epochs, *_killed_at(STEPS_PER_EPOCH + 2)), REPO)
+    # 1: killed in epoch 1 (1 batch in); its last.ckpt is the end of epoch 0.
+    k1 = run_cli(_args(synth_root, cache, tmp_path / "k1", epochs, *_killed_at(STEPS_PER_EPOCH + 1)), REPO)
     assert k1.returncode == -signal.SIGKILL, k1.stderr[-2000:]
     assert _weights(tmp_path / "k1")[0] == STEPS_PER_EPOCH
-    # 2: resumed from it, checkpointing every 4 steps, killed again in epoch 2; last.ckpt is mid-epoch (step 20).
-    k2 = run_cli(_args(synth_root, cache, tmp_path / "k2", epochs, *every, *_killed_at(2 * STEPS_PER_EPOCH + 4),
+    # 2: resumed from it, checkpointing every 4 steps, killed again later in epoch 1; last.ckpt is mid-epoch
+    # (step 12: 3 batches into epoch 1).
+    k2 = run_cli(_args(synth_root, cache, tmp_path / "k2", epochs, *every, *_killed_at(STEPS_PER_EPOCH + 5),
                        f"ckpt_path={tmp_path / 'k1' / 'checkpoints' / 'last.ckpt'}"), REPO)
     assert k2.returncode == -signal.SIGKILL, k2.stderr[-2000:]
-    assert _weights(tmp_path / "k2")[0] == 20
+    assert _weights(tmp_path / "k2")[0] == 12
     # 3: resumed from the mid-epoch checkpoint to the end.
     r = run_cli(_args(synth_root, cache, tmp_path / "r", epochs, *every,
                       f"ckpt_path={tmp_path / 'k2' / 'checkpoints' / 'last.ckpt'}"), REPO)

@@ -173,6 +173,7 @@ NUMERIC_OPTIONS: dict[str, tuple[type, float]] = {
     "trainer.max_epochs": (int, -1), "trainer.min_epochs": (int, 0), "trainer.max_steps": (int, -1),
     "trainer.accumulate_grad_batches": (int, 1), "trainer.check_val_every_n_epoch": (int, 1),
     "trainer.log_every_n_steps": (int, 1), "model.optimizer.lr": (float, 0.0),
+    "callbacks.step_checkpoint.every_n_train_steps": (int, 0),
 }
 
 
