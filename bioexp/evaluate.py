@@ -14,25 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import bioexp.utils.resolvers  # noqa: F401
 from bioexp.train import CONF_DIR
-from bioexp.utils.run import report_user_errors
-
-
-def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's bioexp provenance and datamodule settings (safe ``weights_only`` load)."""
-    import torch
-
-    from bioexp.errors import BioexpError
-
-    path = Path(path)
-    if not path.is_file():
-        raise BioexpError(f"checkpoint not found: {path} (pass ckpt_path=<run dir>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BioexpError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())[:300]}") from exc
-    if "bioexp" not in ckpt:
-        raise BioexpError(f"{path} was not written by bioexp (no task provenance); load it with its own code")
-    return {"provenance": ckpt["bioexp"], "datamodule_hparams": ckpt.get("datamodule_hyper_parameters")}
+from bioexp.utils.run import load_checkpoint_meta, report_user_errors  # noqa: F401 (re-exported)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -26,13 +26,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bioexp.utils import dashboards, run
+    from bioexp.utils import dashboards, fallbacks, run
 
     run.route_lightning_logs()
+    run.validate_options(cfg)
+    if cfg.get("ckpt_path"):
+        run.check_resume_checkpoint(cfg.ckpt_path, cfg.model)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fallbacks.start_recording(out)
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # before the model: data-derived dims (num_classes, ...) fill the model config
@@ -47,7 +51,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     callbacks = run.instantiate_group(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=run.trainer_plugins(cfg.trainer), _convert_="all")
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(hparams)
@@ -69,7 +74,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     if (name and checkpoint is not None and checkpoint.monitor == name and checkpoint.best_model_score is not None):
         value = float(checkpoint.best_model_score)  # the best epoch, not merely the last one
     summary = {"metrics": metrics, "optimized_metric": {"name": name, "value": value},
-               "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None}
+               "best_checkpoint": best, "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+               "warnings": fallbacks.recorded()}
     if trainer.is_global_zero:
         run.write_json(out / "metrics.json", summary)
         dashboards.publish_results(loggers, hparams, metrics, (name, value))

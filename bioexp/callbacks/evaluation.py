@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from bioexp.utils.fallbacks import warn_fallback
 from bioexp.utils.run import write_json
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class EmbeddingProbe(L.Callback):
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "eval_dataloader") or not hasattr(pl_module, "embed"):
+            warn_fallback(f"embedding probe skipped: {type(dm).__name__} has no eval_dataloader or "
+                          f"{type(pl_module).__name__} no embed()")
             return
         train_x, train_y = collect(pl_module, dm.eval_dataloader("train"), pl_module.embed)
         test_x, test_y = collect(pl_module, dm.eval_dataloader("test"), pl_module.embed)
@@ -91,9 +94,12 @@ class IntervalAgreement(L.Callback):
         dm = trainer.datamodule
         truth = dm.ground_truth("test") if dm is not None and hasattr(dm, "ground_truth") else None
         if truth is None or not hasattr(pl_module, "wave_params"):
+            warn_fallback("interval check skipped: the data has no ground_truth.csv (synthetic PTB-XL only) "
+                          f"or {type(pl_module).__name__} no wave_params()")
             return
         params, _ = collect(pl_module, dm.eval_dataloader("test"), pl_module.wave_params)
         if not params:
+            warn_fallback("interval check skipped: the test split is empty")
             return
         tau = {w: params[w]["tau"].reshape(-1) for w in params}
         result: dict[str, float] = {f"gate_{w}": float(params[w]["gate"].mean()) for w in params}

@@ -10,6 +10,7 @@ mistaken for a finished one, and a truncated file is detected and rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,6 +23,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
+
+from bioexp.data.ecg_io import RecordError
+from bioexp.errors import BioexpError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +58,16 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _decode(read: Callable[[str], np.ndarray], shape: tuple[int, ...], item: str) -> np.ndarray | str:
+# What readers raise for a missing, truncated or malformed file. Anything else (TypeError, KeyError, ...)
+# is a bug in the reader and propagates, instead of passing for "unreadable record, re-download".
+UNREADABLE: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, RecordError)
+
+
+def _decode(read: Callable[[str], np.ndarray], shape: tuple[int, ...], errors: tuple[type[BaseException], ...],
+            item: str) -> np.ndarray | str:
     try:
         arr = read(item)
-    except Exception as exc:  # any failure is recorded per item, never aborts the build
+    except errors as exc:  # a bad file is recorded per item, never aborts the build
         return str(exc)
     if arr.shape != shape:
         return f"{item}: shape {arr.shape}, expected {shape}"
@@ -77,53 +88,103 @@ def _load_finished(npy: Path, meta_path: Path, key: str) -> ArrayCache | None:
 
 
 def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: tuple[int, ...],
-                 read: Callable[[str], np.ndarray], fingerprint: str = "", workers: int = 0) -> ArrayCache:
+                 read: Callable[[str], np.ndarray], fingerprint: str = "", workers: int = 0,
+                 item_errors: tuple[type[BaseException], ...] = ()) -> ArrayCache:
     """Return the cache of ``read(item)`` for all ``items``, building it if absent, stale or partial.
 
     ``read`` must be picklable (a module-level function or ``functools.partial`` of one) when
-    ``workers > 0``. Items whose ``read`` raises are zero-filled and marked invalid with the reason.
+    ``workers > 0``. Items whose ``read`` raises one of :data:`UNREADABLE` or ``item_errors`` (a
+    reader library's own "bad file" errors) are zero-filled and marked invalid with the reason.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(
         json.dumps([CACHE_FORMAT, list(shape), fingerprint, list(items)]).encode()).hexdigest()[:16]
-    npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
-    found = _load_finished(npy, meta_path, key)
-    if found is not None:
+    cache_dir = Path(cache_dir)
+    found = _load_finished(cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json", key)
+    if found is not None:  # a finished cache is read even from a read-only folder
         return found
+    cache_dir = writable_cache_dir(cache_dir)
+    npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
+    lock = FileLock(cache_dir / f"{name}-{key}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("Another run is building %s; waiting for it to finish, then reusing it", npy)
+        lock.acquire()
+    try:
+        found = _load_finished(npy, meta_path, key)  # built by the run this one waited for
+        if found is not None:
+            return found
+        for stale in cache_dir.glob(f"{name}-{key}.tmp*"):  # left by a killed build (we hold the lock)
+            stale.unlink(missing_ok=True)
+        return _build(npy, meta_path, key, items, shape, _map_decode(read, shape, items, workers,
+                                                                    (*UNREADABLE, *item_errors)))
+    finally:
+        lock.release()
+
+
+def writable_cache_dir(cache_dir: Path) -> Path:
+    """``cache_dir`` if a cache can be written there; else (a read-only dataset folder) a user cache dir."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if os.access(cache_dir, os.W_OK):
+            return cache_dir
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    import platformdirs
+
+    fallback = Path(platformdirs.user_cache_dir("bioexp")) / hashlib.sha256(str(cache_dir).encode()).hexdigest()[:12]
+    fallback.mkdir(parents=True, exist_ok=True)
+    log.info("%s is not writable; caching in %s instead (set data.cache_dir to choose)", cache_dir, fallback)
+    return fallback
+
+
+def _build(npy: Path, meta_path: Path, key: str, items: Sequence[str], shape: tuple[int, ...],
+           results: Iterator[np.ndarray | str]) -> ArrayCache:
+    """Write the stack under temporary names, then publish it (array first, metadata last)."""
+    name = npy.name.removesuffix(".npy")
+    others = [p for p in npy.parent.glob(f"{name.rsplit('-', 1)[0]}-*.npy") if p != npy and ".tmp" not in p.name]
     # Other versions are never deleted here: a concurrent run or sweep worker may be reading them.
-    others = [p for p in cache_dir.glob(f"{name}-*.npy") if p != npy and ".tmp" not in p.name]
     if others:
         size = sum(p.stat().st_size for p in others) / 2**30
-        log.info("%d other %s cache(s) in %s (%.1f GiB): delete them when no run uses them", len(others), name,
-                 cache_dir, size)
+        log.info("%d other cache version(s) beside %s (%.1f GiB): delete them when no run uses them", len(others),
+                 npy, size)
     log.info("Building cache %s for %d items (once; later runs read the memmap)", npy, len(items))
-    tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), *shape))
+    tmp, tmp_meta = npy.with_suffix(f".tmp{os.getpid()}.npy"), meta_path.with_suffix(f".tmp{os.getpid()}")
     valid = np.zeros(len(items), dtype=bool)
     errors: dict[str, str] = {}
-    results = _map_decode(read, shape, items, workers)
-    for i, (item, res) in enumerate(zip(items, results, strict=True)):
-        if isinstance(res, str):
-            errors[item] = res
-        else:
-            out[i] = res
-            valid[i] = True
-    out.flush()
-    del out
-    os.replace(tmp, npy)
-    meta = {"key": key, "complete": True, "shape": [len(items), *shape], "nbytes": npy.stat().st_size,
-            "valid": valid.tolist(), "errors": errors}
-    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), *shape))
+        for i, (item, res) in enumerate(zip(items, results, strict=True)):
+            if isinstance(res, str):
+                errors[item] = res
+            else:
+                out[i] = res
+                valid[i] = True
+        out.flush()
+        del out
+        os.replace(tmp, npy)
+        meta = {"key": key, "complete": True, "shape": [len(items), *shape], "nbytes": npy.stat().st_size,
+                "valid": valid.tolist(), "errors": errors}
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        gib = 4 * len(items) * int(np.prod(shape)) / 2**30
+        raise BioexpError(f"no space left on the device of {npy.parent} while writing a {gib:.1f} GiB cache "
+                          "(the partial file is removed); free space there or set data.cache_dir to a disk "
+                          "with room") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
     return ArrayCache(npy, valid, errors)
 
 
 def _map_decode(read: Callable[[str], np.ndarray], shape: tuple[int, ...], items: Sequence[str],
-                workers: int) -> Iterator[np.ndarray | str]:
+                workers: int, errors: tuple[type[BaseException], ...]) -> Iterator[np.ndarray | str]:
     """Decoded items in order, streamed so the whole set never sits in memory at once."""
-    task = partial(_decode, read, shape)
+    task = partial(_decode, read, shape, errors)
     if workers <= 0 or len(items) < _SERIAL_BELOW:
         yield from map(task, items)
         return

@@ -30,6 +30,7 @@ from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.sampling import item_rng
 from bioexp.data.synth.csi import ZONES
 from bioexp.errors import BioexpError, DataNotFoundError
+from bioexp.utils.fallbacks import warn_fallback
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,14 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("F" if img.mode.startswith("I") else "L"), dtype=np.float32)
 
 
+def image_errors() -> tuple[type[BaseException], ...]:
+    """The image readers' own "not a valid file" errors (neither is an OSError or ValueError)."""
+    from nibabel.filebasedimages import ImageFileError
+    from pydicom.errors import InvalidDicomError
+
+    return ImageFileError, InvalidDicomError
+
+
 def decode_image(images_dir: str, size: int, file_id: str) -> np.ndarray:
     """Find, read, scale to [0, 1] (min-max) and resize to ``size``² (antialiased bilinear)."""
     data = read_image(find_image(images_dir, file_id))
@@ -203,6 +212,7 @@ def split_indices(targets: np.ndarray, groups: np.ndarray | None, fractions: tup
         try:  # stratify if every stratum has two members, else split at random
             return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset, stratify=labels))
         except ValueError:
+            warn_fallback("CSI split: a stratum has fewer than two members; split at random, not stratified")
             return tuple(train_test_split(items, test_size=test_size, random_state=seed + offset))
 
     order = np.arange(len(units))
@@ -347,7 +357,8 @@ class CSIDataModule(SplitDataModule):
         ids = table["FileID"].tolist()
         fingerprint = file_fingerprint([labels_path, *(images_dir / i for i in ids)])
         cache = cached_stack(self.cache_dir, f"csi-v2-{hp.image_size}px", ids, (hp.image_size, hp.image_size),
-                             partial(decode_image, str(images_dir), hp.image_size), fingerprint, hp.decode_workers)
+                             partial(decode_image, str(images_dir), hp.image_size), fingerprint, hp.decode_workers,
+                             item_errors=image_errors())
         for file_id, reason in cache.errors.items():
             log.warning("CSI: skipping image %s: %s", file_id, reason)
         self.skipped = {**skipped, **cache.errors}

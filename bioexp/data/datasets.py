@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bioexp.data.ecg_io import r_peaks
-
+from bioexp.utils.fallbacks import warn_fallback
 
 WINDOW_BASELINES = ("none", "median")
 
@@ -81,8 +81,10 @@ class CachedSignalDataset(Dataset):
         if self.align == "beat":
             starts = r_peaks(x, self.fs) - round(self.beat_offset * self.fs)
             starts = starts[(starts >= 0) & (starts <= high)]
-            if len(starts):  # no complete beat (asystole, noise): fall back to any window
+            if len(starts):
                 candidates = starts
+            else:  # no complete beat (asystole, noise): any window
+                warn_fallback("beat-aligned crop: no complete beat found in a record; its window is taken anywhere")
         if not self.random_crop:
             return int(candidates[np.argmin(np.abs(candidates - high / 2))])
         pick = (int(torch.randint(0, len(candidates), ()).item()) if item_seed is None

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.datasets import WINDOW_BASELINES, CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
+from bioexp.data.tables import read_table
 from bioexp.data.base import SplitDataModule
 from bioexp.errors import BioexpError, DataNotFoundError
 
@@ -42,7 +43,7 @@ def load_database(root: str | Path) -> pd.DataFrame:
     path = Path(root) / "ptbxl_database.csv"
     if not path.is_file():
         raise DataNotFoundError(f"PTB-XL not found: {path} is missing; " + DOWNLOAD_HINT.format(root=root))
-    db = pd.read_csv(path, index_col="ecg_id")
+    db = read_table(path, ["scp_codes", "strat_fold", "filename_lr", "filename_hr"], index_col="ecg_id")
     db["scp_codes"] = db["scp_codes"].apply(ast.literal_eval)
     return db
 
@@ -51,7 +52,7 @@ def load_statements(root: str | Path) -> pd.DataFrame:
     path = Path(root) / "scp_statements.csv"
     if not path.is_file():
         raise DataNotFoundError(f"PTB-XL is incomplete: {path} is missing; " + DOWNLOAD_HINT.format(root=root))
-    return pd.read_csv(path, index_col=0)
+    return read_table(path, ["diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"], index_col=0)
 
 
 def aggregate_labels(scp_codes: pd.Series, statements: pd.DataFrame, label_set: str) -> pd.Series:

@@ -17,12 +17,18 @@ from torch.utils.data import Sampler
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, item_seed)``; shuffles unless ``shuffle=False``."""
+    """Yields ``(index, item_seed)``; shuffles unless ``shuffle=False``.
 
-    def __init__(self, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> None:
-        self.size, self.seed, self.epoch, self.shuffle = size, seed, epoch, shuffle
+    ``start`` skips that many items of the first pass only: a fit resumed from a mid-epoch checkpoint
+    continues with the next batch of the same order (later epochs, or another epoch, start at 0).
+    """
+
+    def __init__(self, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True, start: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.shuffle, self.start = size, seed, epoch, shuffle, start
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -32,7 +38,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
         item_seeds = rng.integers(0, 2**62, self.size)
-        return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
+        start, self.start = self.start, 0
+        return iter(zip(order[start:].tolist(), item_seeds[start:].tolist(), strict=True))
 
 
 def item_rng(item_seed: int | None) -> np.random.Generator:

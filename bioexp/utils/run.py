@@ -42,6 +42,16 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(c, _convert_="all") for c in group.values() if c is not None and "_target_" in c]
 
 
+def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:
+    """The trainer's configured plugins, plus atomic checkpoint writes unless a CheckpointIO is configured."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    from bioexp.callbacks.checkpoint import AtomicCheckpointIO
+
+    plugins = instantiate_group({str(i): p for i, p in enumerate(trainer_cfg.get("plugins") or [])})
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, AtomicCheckpointIO()]
+
+
 def fill_dims(model_cfg: DictConfig, dims: Mapping[str, Any]) -> None:
     """Fill the model config's ``???`` keys that the data knows (``num_classes``, ``in_channels``, ...)."""
     with open_dict(model_cfg):
@@ -155,6 +165,62 @@ def parse_options(defaults: dict[str, Any], argv: list[str] | None = None) -> Di
         return OmegaConf.merge(defaults, given)
     except OmegaConfBaseException as exc:
         raise BioexpError(f"bad option value: {' '.join(str(exc).split()[:12])}") from None
+
+
+# Numeric options checked before anything runs: (kind, smallest allowed value). Null means "not set".
+NUMERIC_OPTIONS: dict[str, tuple[type, float]] = {
+    "seed": (int, 0), "data.batch_size": (int, 1), "data.num_workers": (int, 0),
+    "trainer.max_epochs": (int, -1), "trainer.min_epochs": (int, 0), "trainer.max_steps": (int, -1),
+    "trainer.accumulate_grad_batches": (int, 1), "trainer.check_val_every_n_epoch": (int, 1),
+    "trainer.log_every_n_steps": (int, 1), "model.optimizer.lr": (float, 0.0),
+    "callbacks.step_checkpoint.every_n_train_steps": (int, 0),
+}
+
+
+def validate_options(cfg: DictConfig) -> None:
+    """Types and ranges of :data:`NUMERIC_OPTIONS`, checked at once: a typo costs one line, not a run.
+
+    (Without this, a value Lightning never reads, such as ``trainer.max_epochs=abc`` under
+    ``debug=fdr``, passed unnoticed: the config has no schema and ``fast_dev_run`` ignores it.)
+    """
+    for key, (kind, low) in NUMERIC_OPTIONS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        ok_type = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+        if not ok_type or value < low or (kind is float and value == low):
+            what = "an integer" if kind is int else "a number"
+            bound = f">= {low:g}" if kind is int else f"> {low:g}"
+            raise BioexpError(f"{key} must be {what} {bound}, got {value!r}")
+
+
+def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's bioexp provenance and datamodule settings (safe ``weights_only`` load)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BioexpError(f"checkpoint not found: {path} (pass ckpt_path=<run dir>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise BioexpError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())[:300]}") from exc
+    if not isinstance(ckpt, dict) or "bioexp" not in ckpt:
+        raise BioexpError(f"{path} was not written by bioexp (no task provenance); load it with its own code")
+    return {"provenance": ckpt["bioexp"], "datamodule_hparams": ckpt.get("datamodule_hyper_parameters")}
+
+
+def check_resume_checkpoint(path: str | Path, model_cfg: DictConfig) -> None:
+    """``ckpt_path`` must be a readable bioexp checkpoint of the task this run trains (checked before the data)."""
+    from hydra.utils import get_class
+
+    task = load_checkpoint_meta(path)["provenance"]["task"]
+    if get_class(task) is not get_class(model_cfg._target_):
+        raise BioexpError(f"{path} is a checkpoint of {task}, but this run trains {model_cfg._target_}; "
+                          "resume with a checkpoint of the same experiment")
 
 
 def finish_wandb() -> None:
