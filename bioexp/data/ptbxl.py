@@ -15,17 +15,16 @@ import logging
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from bioexp.data.base import SplitDataModule
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.datasets import WINDOW_BASELINES, CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
 from bioexp.data.rpeaks import cached_r_peaks
-from bioexp.data.base import SplitDataModule
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
