@@ -145,7 +145,8 @@ class PTBXLDataModule(SplitDataModule):
         if crop_align not in ("random", "beat"):
             raise BioexpError(f"unknown data.crop_align {crop_align!r}; choose random or beat")
         if window_baseline not in WINDOW_BASELINES:
-            raise BioexpError(f"unknown data.window_baseline {window_baseline!r}; choose {' or '.join(WINDOW_BASELINES)}")
+            raise BioexpError(f"unknown data.window_baseline {window_baseline!r}; "
+                              f"choose {' or '.join(WINDOW_BASELINES)}")
         if eval_crop and crop_seconds is None:
             raise BioexpError("data.eval_crop needs data.crop_seconds (the window length)")
         if eval_stride_seconds is not None and (crop_seconds is None or eval_crop or crop_align != "random"):
