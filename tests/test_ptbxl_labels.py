@@ -5,8 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bioexp.data.ptbxl import (LABEL_SETS, aggregate_labels, labelled_mask, load_database, load_statements,
-                               select_labels, task_labels)
+from bioexp.data.ptbxl import (
+    LABEL_SETS,
+    aggregate_labels,
+    labelled_mask,
+    load_database,
+    load_statements,
+    select_labels,
+    task_labels,
+)
 from bioexp.errors import BioexpError, DataNotFoundError
 from tests.conftest import shared_data
 
