@@ -169,6 +169,7 @@ def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path):
     ({"sampling_rate": 250}, "data.sampling_rate must be 100 or 500"),
     ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, train_per_lead, none"),
     ({"window_baseline": "mean"}, "unknown data.window_baseline 'mean'; choose none or median"),
+    ({"eval_stride_seconds": 1.25}, r"data.eval_stride_seconds \(sliding evaluation windows\) needs data.crop_seconds"),
 ])
 def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(BioexpError, match=message):
