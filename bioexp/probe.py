@@ -78,6 +78,12 @@ def linear_probe(
     return out
 
 
+def labelled_rows(y: np.ndarray) -> np.ndarray:
+    """Rows with at least one label. In PTB-XL an all-zero row is an unlabelled record (kept for
+    self-supervision), not a record negative for every class: callers leave those out of the probe."""
+    return np.asarray(y).astype(bool).any(axis=1)
+
+
 def few_shot_indices(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Sorted unique row indices: k random positives of every class (all of them if fewer), union over classes.
 

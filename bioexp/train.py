@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     for logger in loggers:
         logger.log_hyperparams(hparams)
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(run.scalar_metrics(trainer.callback_metrics))
@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
         test_ckpt = best or (None if cfg.get("train") else cfg.get("ckpt_path"))
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(run.scalar_metrics(trainer.callback_metrics))
+        metrics.update(getattr(model, "interval_metrics", {}))  # e.g. test/auroc_ci95: [lo, hi]
 
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
@@ -78,7 +79,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
                "warnings": fallbacks.recorded()}
     if trainer.is_global_zero:
         run.write_json(out / "metrics.json", summary)
-        dashboards.publish_results(loggers, hparams, metrics, (name, value))
+        scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}  # dashboards take scalars only
+        dashboards.publish_results(loggers, hparams, scalars, (name, value))
         run.log.info("Run dir: %s (%s = %s)", out, name, value)
     return summary, value
 

@@ -49,10 +49,79 @@ def test_record_normalisation_and_raw_signals(synth_root: Path, tmp_path: Path):
     np.testing.assert_allclose(raw.numpy(), read_leads(synth_root / filename)[0], atol=1e-6)
 
 
-def test_train_standardisation_uses_training_statistics(synth_root: Path, tmp_path: Path):
+def _raw_train(dm: PTBXLDataModule) -> np.ndarray:
+    return np.load(dm._signals_cache().path)[dm.split_rows("train")[0]].astype(np.float64)
+
+
+def test_train_standardisation_is_the_benchmarks_scaler(synth_root: Path, tmp_path: Path):
+    from sklearn.preprocessing import StandardScaler
+
     dm = _dm(synth_root, tmp_path, normalize="train")
-    x = torch.stack([dm.datasets["train"][i][0] for i in range(len(dm.datasets["train"]))])
-    assert x.mean().abs() < 0.05 and (x.std(dim=(0, 2)) - 1).abs().max() < 0.05
+    raw = _raw_train(dm)
+    # the benchmark's preprocess_signals: one StandardScaler over every training sample, all leads together
+    ss = StandardScaler().fit(np.vstack(raw).flatten()[:, None])
+    train = dm.datasets["train"]
+    np.testing.assert_allclose(train.mean.ravel(), ss.mean_, rtol=1e-6)
+    np.testing.assert_allclose(train.std.ravel(), ss.scale_, rtol=1e-6)
+    x = dm.datasets["test"][2][0].numpy()
+    record = np.load(dm._signals_cache().path)[dm.split_rows("test")[0][2]]
+    np.testing.assert_allclose(x, ss.transform(record.reshape(-1, 1)).reshape(record.shape), atol=1e-5)
+
+
+def test_per_lead_train_standardisation_is_a_variant(synth_root: Path, tmp_path: Path):
+    dm = _dm(synth_root, tmp_path, normalize="train_per_lead")
+    raw = _raw_train(dm)
+    train = dm.datasets["train"]
+    np.testing.assert_allclose(train.mean.ravel(), raw.mean(axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(train.std.ravel(), raw.std(axis=(0, 2)), rtol=1e-5)
+
+
+def test_sliding_evaluation_windows_are_the_benchmarks(synth_root: Path, tmp_path: Path):
+    dm = _dm(synth_root, tmp_path, crop_seconds=2.5, eval_stride_seconds=1.25, normalize="none")
+    assert dm.dims["input_length"] == 250
+    x, y = dm.datasets["test"][4]
+    record = np.load(dm._signals_cache().path)[dm.split_rows("test")[0][4]]
+    # the benchmark's TimeseriesDatasetCrops(chunk_length=250, stride=125, min_chunk_length=250): starts 0..750
+    assert x.shape == (7, 12, 250) and y.shape == (5,)
+    for k, start in enumerate(range(0, 751, 125)):
+        np.testing.assert_array_equal(x[k].numpy(), record[:, start : start + 250])
+    assert dm.datasets["train"][(4, 9)][0].shape == (12, 250)           # training: one random crop
+    assert dm.eval_dataloader("test").dataset[4][0].shape == (12, 1000)  # probes: whole records
+    batch = next(iter(dm.test_dataloader()))[0]
+    assert batch.shape[1:] == (7, 12, 250)
+
+
+def test_unlabelled_records_are_kept_for_self_supervision(synth_root: Path, tmp_path: Path):
+    supervised = _dm(synth_root, tmp_path, label_set="form")
+    ssl = _dm(synth_root, tmp_path, label_set="form", keep_unlabelled=True)
+    counts = ssl.label_counts()
+    db = pd.read_csv(synth_root / "ptbxl_database.csv", index_col="ecg_id")
+    assert counts["train"][1] > 0 and sum(counts["train"]) == int((db["strat_fold"] <= 8).sum())
+    assert len(ssl.datasets["train"]) == sum(counts["train"])
+    assert supervised.label_counts() == {s: (n, 0) for s, (n, _) in counts.items()}  # the same labelled records
+    assert len(supervised.datasets["train"]) == counts["train"][0]
+    y = ssl.datasets["train"].targets
+    assert int((y.sum(dim=1) == 0).sum()) == counts["train"][1] and ssl.classes == supervised.classes
+
+
+def test_beat_windows_come_from_the_cached_peaks(synth_root: Path, tmp_path: Path, monkeypatch):
+    from bioexp.data import ecg_io
+    from bioexp.data.rpeaks import MAX_PEAKS, record_index
+
+    dm = _dm(synth_root, tmp_path, crop_seconds=1.0, crop_align="beat", eval_crop=True)
+    signals = np.load(dm._signals_cache().path)
+    index = np.load(dm._peaks_cache().path)
+    row = dm.split_rows("val")[0][3]
+    np.testing.assert_array_equal(index[row], record_index(signals[row], 100))
+    monkeypatch.setattr(ecg_io, "r_peaks", lambda *a, **k: pytest.fail("R peaks detected per item"))
+    x = dm.eval_dataloader("val").dataset[3][0].numpy()
+    record = signals[row]
+    z = (record - record.mean(axis=-1, keepdims=True)) / (record.std(axis=-1, keepdims=True) + 1e-6)
+    peaks = index[row, :MAX_PEAKS]
+    starts = peaks[peaks >= 0].astype(int) - 35
+    starts = starts[(starts >= 0) & (starts <= 900)]
+    start = starts[np.argmin(np.abs(starts - 450))]
+    np.testing.assert_allclose(x, z[:, start : start + 100], atol=1e-5)
 
 
 def test_500hz_records(tmp_path: Path):
@@ -98,8 +167,9 @@ def test_cache_is_reused_across_datamodules(synth_root: Path, tmp_path: Path):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"label_set": "bogus"}, "unknown data.label_set 'bogus'"),
     ({"sampling_rate": 250}, "data.sampling_rate must be 100 or 500"),
-    ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, none"),
+    ({"normalize": "minmax"}, "unknown data.normalize 'minmax'; choose one of record, train, train_per_lead, none"),
     ({"window_baseline": "mean"}, "unknown data.window_baseline 'mean'; choose none or median"),
+    ({"eval_stride_seconds": 1.25}, r"data.eval_stride_seconds \(sliding evaluation windows\) needs data.crop_seconds"),
 ])
 def test_bad_options_are_clear(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(BioexpError, match=message):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bioexp.data.ptbxl import LABEL_SETS, aggregate_labels, load_database, load_statements, select_labels
+from bioexp.data.ptbxl import (
+    LABEL_SETS,
+    aggregate_labels,
+    labelled_mask,
+    load_database,
+    load_statements,
+    select_labels,
+    task_labels,
+)
 from bioexp.errors import BioexpError, DataNotFoundError
 from tests.conftest import shared_data
 
@@ -55,12 +63,52 @@ def test_form_and_rhythm_labels_of_a_known_record(real):
     assert aggregate_labels(db["scp_codes"], statements, "subdiagnostic").loc[18756] == ["AMI", "IMI", "ISCA"]
 
 
+# Expected from the benchmark's compute_label_aggregations + select_data (helme/ecg_ptbxl_benchmarking,
+# code/utils/utils.py), run on this sample: records kept, classes, positive labels, records in folds 1-8 / 9 / 10.
+# select_data filters labels seen <= min_samples times for every task except `diagnostic`, which it never filters.
+BENCHMARK = {
+    (0, "all"): (3028, 70, 9527, 2432, 292, 304),
+    (0, "diagnostic"): (2935, 44, 4855, 2353, 286, 296),
+    (0, "subdiagnostic"): (2935, 23, 4751, 2353, 286, 296),
+    (0, "superdiagnostic"): (2935, 5, 4217, 2353, 286, 296),
+    (0, "form"): (1640, 18, 2385, 1331, 155, 154),
+    (0, "rhythm"): (2958, 12, 2995, 2380, 285, 293),
+    (50, "all"): (2995, 31, 8887, 2402, 289, 304),
+    (50, "diagnostic"): (2935, 44, 4855, 2353, 286, 296),
+    (50, "subdiagnostic"): (2922, 15, 4640, 2341, 285, 296),
+    (50, "superdiagnostic"): (2935, 5, 4217, 2353, 286, 296),
+    (50, "form"): (1584, 11, 2270, 1283, 152, 149),
+    (50, "rhythm"): (2873, 4, 2873, 2306, 281, 286),
+}
+
+
+@pytest.mark.parametrize(("min_samples", "label_set"), list(BENCHMARK))
+def test_task_labels_equal_the_benchmarks(real, min_samples: int, label_set: str):
+    db, statements = real
+    kept, classes, y = task_labels(db["scp_codes"], statements, label_set, min_samples)
+    folds = db.loc[kept.index, "strat_fold"]
+    got = (len(kept), len(classes), int(y.sum()), int((folds <= 8).sum()), int((folds == 9).sum()),
+           int((folds == 10).sum()))
+    assert got == BENCHMARK[min_samples, label_set]
+    assert classes == sorted(classes) and labelled_mask(y).all()
+    assert y.sum() == sum(len(v) for v in kept)
+
+
 def test_min_samples_drops_rare_labels_then_unlabelled_records(real):
     db, statements = real
-    labels = aggregate_labels(db["scp_codes"], statements, "diagnostic")
-    _, classes, _ = select_labels(labels, min_samples=50)
+    labels = aggregate_labels(db["scp_codes"], statements, "form")
+    kept, classes, _ = task_labels(db["scp_codes"], statements, "form", min_samples=50)
     counts = pd.Series([c for cs in labels for c in cs]).value_counts()
     assert classes == sorted(counts[counts > 50].index)
+    assert all(set(cs) <= set(classes) and cs for cs in kept)
+
+
+def test_min_samples_is_ignored_for_diagnostic_with_a_warning(real, caplog):
+    db, statements = real
+    _, classes, _ = task_labels(db["scp_codes"], statements, "diagnostic", min_samples=50)
+    assert len(classes) == 44 and "data.min_samples=50 is ignored for label_set=diagnostic" in caplog.text
+    _, filtered, _ = select_labels(aggregate_labels(db["scp_codes"], statements, "diagnostic"), 50)
+    assert len(filtered) < 44  # what applying it would have done
 
 
 def test_recommended_folds_are_patient_disjoint(real):

@@ -42,7 +42,13 @@ def test_supervised_xresnet_learns_synthetic_ptbxl(tmp_path: Path, synth_root: P
     metrics = summary["metrics"]
     assert metrics["val/auroc"] > 0.75 and metrics["test/auroc"] > 0.75, metrics
     assert summary["optimized_metric"]["name"] == "val/auroc"
-    assert summary["optimized_metric"]["value"] >= metrics["val/auroc"] - 1e-6  # best epoch, not last
+    # the benchmark's protocol: the final epoch's weights are tested; bootstrap intervals in metrics.json
+    assert Path(summary["best_checkpoint"]).name == "epoch_007.ckpt"
+    saved = json.loads((out / "metrics.json").read_text())["metrics"]
+    lo, hi = saved["test/auroc_ci95"]
+    lo90, hi90 = saved["test/auroc_ci90"]
+    assert 0.5 < lo <= lo90 < hi90 <= hi <= 1.0
+    assert metrics["test/n_unlabelled"] == 0 and metrics["test/n_labelled"] > 0
     history = pd.read_csv(out / "csv" / "metrics.csv")
     train_loss = history["train/loss_epoch"].dropna().to_numpy()
     assert train_loss[-1] < train_loss[0]

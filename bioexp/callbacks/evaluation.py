@@ -49,7 +49,9 @@ class EmbeddingProbe(L.Callback):
 
     Embeds the datamodule's ``train`` and ``test`` splits with ``pl_module.embed`` (evaluation
     windows, fixed order), writes ``few_shot.csv`` (rows k, mean/std over ``seeds``) to the run dir
-    and logs ``probe/auroc_k<k>`` / ``probe/auprc_k<k>``.
+    and logs ``probe/auroc_k<k>`` / ``probe/auprc_k<k>``. Unlabelled records (all-zero targets, kept
+    by ``data.keep_unlabelled`` for pre-training) are left out; ``probe/n_{train,test}_{labelled,unlabelled}``
+    count them.
     """
 
     def __init__(self, dirpath: str, ks: Sequence[int] = (10, 50, 100, 500), seeds: Sequence[int] = (0, 1, 2)):
@@ -57,7 +59,7 @@ class EmbeddingProbe(L.Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from bioexp.probe import few_shot_table
+        from bioexp.probe import few_shot_table, labelled_rows
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "eval_dataloader") or not hasattr(pl_module, "embed"):
@@ -66,6 +68,12 @@ class EmbeddingProbe(L.Callback):
             return
         train_x, train_y = collect(pl_module, dm.eval_dataloader("train"), pl_module.embed)
         test_x, test_y = collect(pl_module, dm.eval_dataloader("test"), pl_module.embed)
+        counts = {f"probe/n_{split}_{kind}": float(n) for split, y in (("train", train_y), ("test", test_y))
+                  for kind, n in (("labelled", labelled_rows(y).sum()), ("unlabelled", (~labelled_rows(y)).sum()))}
+        log.info("Linear probes use the labelled records only: %s", counts)
+        _log_metrics(trainer, counts)
+        train_x, train_y = train_x[labelled_rows(train_y)], train_y[labelled_rows(train_y)]
+        test_x, test_y = test_x[labelled_rows(test_y)], test_y[labelled_rows(test_y)]
         table = few_shot_table(train_x, train_y, test_x, test_y, ks=self.ks, seeds=self.seeds,
                                class_names=list(getattr(dm, "classes", [])) or None)
         self.dirpath.mkdir(parents=True, exist_ok=True)

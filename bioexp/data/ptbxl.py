@@ -4,7 +4,8 @@ Reads a real PTB-XL 1.0.x directory unchanged (``ptbxl_database.csv``, ``scp_sta
 ``records100/`` or ``records500/``), and the synthetic copies ``bioexp.data.synth`` writes.
 Labels are aggregated from ``scp_statements.csv`` exactly as the PTB-XL benchmark does
 (``compute_label_aggregations`` / ``select_data``): every SCP code of a record counts whatever
-its likelihood, records without a label of the chosen set are dropped, and classes are sorted.
+its likelihood, records without a label of the chosen set are dropped (kept, with an all-zero
+label row, with ``keep_unlabelled`` for self-supervision), and classes are sorted.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ import logging
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from bioexp.data.base import SplitDataModule
 from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.datasets import WINDOW_BASELINES, CachedSignalDataset
 from bioexp.data.ecg_io import STANDARD_LEADS, read_leads
+from bioexp.data.rpeaks import cached_r_peaks
 from bioexp.data.tables import read_table
-from bioexp.data.base import SplitDataModule
 from bioexp.errors import BioexpError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
 LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 RECORD_SECONDS = 10
-NORMALIZATIONS = ("record", "train", "none")
+NORMALIZATIONS = ("record", "train", "train_per_lead", "none")
+MIN_SAMPLES_IGNORED = ("diagnostic",)  # the benchmark's select_data filters every other label set
 DOWNLOAD = ("download PTB-XL (3 GB) with `aws s3 sync --no-sign-request s3://physionet-open/ptb-xl/1.0.3/ {root}` "
             "(or from https://physionet.org/content/ptb-xl/1.0.3/)")
 DOWNLOAD_HINT = (DOWNLOAD + ", or use the synthetic copy: `data=ptbxl_synth`, "
@@ -86,6 +88,24 @@ def select_labels(labels: pd.Series, min_samples: int = 0) -> tuple[pd.Series, l
     return labels, classes, y
 
 
+def task_labels(scp_codes: pd.Series, statements: pd.DataFrame, label_set: str,
+                min_samples: int = 0) -> tuple[pd.Series, list[str], np.ndarray]:
+    """The benchmark's labels of a task: ``compute_label_aggregations`` then ``select_data``.
+
+    Its ``select_data`` applies ``min_samples`` to every label set except ``diagnostic``.
+    """
+    if label_set in MIN_SAMPLES_IGNORED and min_samples > 0:
+        log.warning("data.min_samples=%d is ignored for label_set=%s, as the PTB-XL benchmark does "
+                    "(its select_data filters rare labels of the other sets only)", min_samples, label_set)
+        min_samples = 0
+    return select_labels(aggregate_labels(scp_codes, statements, label_set), min_samples)
+
+
+def labelled_mask(y: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Rows with at least one label. Kept records always have one, so an all-zero row marks an unlabelled record."""
+    return y.any(axis=-1) if isinstance(y, np.ndarray) else y.any(dim=-1)
+
+
 def _read_record(root: str, fs: int, filename: str) -> np.ndarray:
     signal, record_fs = read_leads(Path(root) / filename)
     if record_fs != fs:
@@ -100,8 +120,12 @@ class PTBXLDataModule(SplitDataModule):
     it is absent, so a first run needs no download. ``crop_seconds`` trains on random windows (the
     benchmark uses 2.5 s); validation and test see the whole 10 s record unless ``eval_crop``
     (then a fixed window of the same length). ``crop_align="beat"`` starts every window
-    ``beat_offset_seconds`` before an R peak, for models of one beat (EP-Prior); ``window_baseline``
-    then removes each window's isoelectric level. Training order and
+    ``beat_offset_seconds`` before an R peak (detected once per record and cached, see
+    :mod:`bioexp.data.rpeaks`), for models of one beat (EP-Prior); ``window_baseline`` then
+    removes each window's isoelectric level. ``eval_stride_seconds`` gives validation and test
+    every ``crop_seconds`` window at that stride (batches ``[B, W, C, L]``; the task aggregates
+    them, the benchmark: max over 2.5-s windows every 1.25 s). ``keep_unlabelled`` keeps records
+    without a label of ``label_set`` (all-zero label rows) for self-supervision. Training order and
     crops depend only on ``seed`` and the epoch (see :mod:`bioexp.data.sampling`).
     """
 
@@ -112,7 +136,8 @@ class PTBXLDataModule(SplitDataModule):
                  max_missing_frac: float = 0.01, cache_dir: str | None = None, decode_workers: int = 2,
                  synthesize: dict | None = None, seed: int = 0, crop_align: str = "random",
                  eval_crop: bool = False, beat_offset_seconds: float = 0.35,
-                 window_baseline: str = "none") -> None:
+                 window_baseline: str = "none", eval_stride_seconds: float | None = None,
+                 keep_unlabelled: bool = False) -> None:
         super().__init__()
         if label_set not in LABEL_SETS:
             raise BioexpError(f"unknown data.label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
@@ -121,9 +146,13 @@ class PTBXLDataModule(SplitDataModule):
         if crop_align not in ("random", "beat"):
             raise BioexpError(f"unknown data.crop_align {crop_align!r}; choose random or beat")
         if window_baseline not in WINDOW_BASELINES:
-            raise BioexpError(f"unknown data.window_baseline {window_baseline!r}; choose {' or '.join(WINDOW_BASELINES)}")
+            raise BioexpError(f"unknown data.window_baseline {window_baseline!r}; "
+                              f"choose {' or '.join(WINDOW_BASELINES)}")
         if eval_crop and crop_seconds is None:
             raise BioexpError("data.eval_crop needs data.crop_seconds (the window length)")
+        if eval_stride_seconds is not None and (crop_seconds is None or eval_crop or crop_align != "random"):
+            raise BioexpError("data.eval_stride_seconds (sliding evaluation windows) needs data.crop_seconds, "
+                              "data.eval_crop=false and data.crop_align=random")
         if normalize not in NORMALIZATIONS:
             raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.save_hyperparameters()
@@ -132,6 +161,7 @@ class PTBXLDataModule(SplitDataModule):
         self._db: pd.DataFrame | None = None
         self._meta: tuple[pd.DataFrame, list[str], np.ndarray] | None = None
         self._cache: ArrayCache | None = None
+        self._peaks: ArrayCache | None = None
 
     # -- metadata (cheap: no signals) ------------------------------------------------------------
     def _ensure_root(self) -> None:
@@ -149,14 +179,20 @@ class PTBXLDataModule(SplitDataModule):
         return self._db
 
     def metadata(self) -> tuple[pd.DataFrame, list[str], np.ndarray]:
-        """Kept records (database rows), class names and multi-hot targets."""
+        """Kept records (database rows), class names and multi-hot targets (all-zero: unlabelled)."""
         if self._meta is None:
             db = self._database()
-            labels = aggregate_labels(db["scp_codes"], load_statements(self.root), self.hparams.label_set)
-            labels, classes, y = select_labels(labels, self.hparams.min_samples)
+            hp = self.hparams
+            labels, classes, y = task_labels(db["scp_codes"], load_statements(self.root), hp.label_set,
+                                             hp.min_samples)
             if not classes:
-                raise BioexpError(f"no record in {self.root} has a {self.hparams.label_set!r} label")
-            self._meta = (db.loc[labels.index], classes, y)
+                raise BioexpError(f"no record in {self.root} has a {hp.label_set!r} label")
+            if hp.keep_unlabelled:
+                y_all = np.zeros((len(db), len(classes)), dtype=np.float32)
+                y_all[db.index.get_indexer(labels.index)] = y
+                self._meta = (db, classes, y_all)
+            else:
+                self._meta = (db.loc[labels.index], classes, y)
         return self._meta
 
     @property
@@ -171,7 +207,9 @@ class PTBXLDataModule(SplitDataModule):
     @property
     def dims(self) -> dict[str, int]:
         """What a model must know about this data: filled into ``???`` keys of the model config."""
-        length = self.crop_length if self.hparams.eval_crop else RECORD_SECONDS * self.hparams.sampling_rate
+        hp = self.hparams
+        windows = hp.eval_crop or hp.eval_stride_seconds is not None
+        length = self.crop_length if windows else RECORD_SECONDS * hp.sampling_rate
         return {"num_classes": len(self.classes), "in_channels": len(STANDARD_LEADS), "input_length": length}
 
     # -- signals ---------------------------------------------------------------------------------
@@ -202,6 +240,13 @@ class PTBXLDataModule(SplitDataModule):
         self._cache = cache
         return cache
 
+    def _peaks_cache(self) -> ArrayCache:
+        """R peaks of every cached record, detected once (for beat-aligned windows)."""
+        if self._peaks is None:
+            self._peaks = cached_r_peaks(self._signals_cache(), self.cache_dir, self.hparams.sampling_rate,
+                                         self.hparams.decode_workers)
+        return self._peaks
+
     def split_rows(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """Cache rows and targets of a split (``train``/``val``/``test``), unreadable records left out."""
         db_kept, _, y = self.metadata()
@@ -215,24 +260,42 @@ class PTBXLDataModule(SplitDataModule):
         cache = self._signals_cache()
         hp = self.hparams
         mean = std = None
-        if hp.normalize == "train":
-            mean, std = self._train_stats(cache)
+        if hp.normalize in ("train", "train_per_lead"):
+            mean, std = self._train_stats(cache, per_lead=hp.normalize == "train_per_lead")
         self.datasets = {split: self._dataset(split, mean, std) for split in ("train", "val", "test")}
+        counts = self.label_counts()
+        log.info("PTB-XL %s records (labelled + unlabelled): %s", hp.label_set,
+                 ", ".join(f"{split} {n} + {u}" for split, (n, u) in counts.items()))
+
+    def label_counts(self) -> dict[str, tuple[int, int]]:
+        """Per split: records with a label of ``label_set`` and records without (kept by ``keep_unlabelled``)."""
+        out = {}
+        for split in ("train", "val", "test"):
+            labelled = int(labelled_mask(self.split_rows(split)[1]).sum())
+            out[split] = (labelled, len(self.split_rows(split)[0]) - labelled)
+        return out
 
     def _dataset(self, split: str, mean: np.ndarray | None, std: np.ndarray | None,
-                 random_crop: bool | None = None) -> CachedSignalDataset:
+                 random_crop: bool | None = None, sliding: bool = True) -> CachedSignalDataset:
         hp = self.hparams
         rows, y = self.split_rows(split)
         random_crop = split == "train" if random_crop is None else random_crop
-        crop = self.crop_length if (random_crop or hp.eval_crop) else None
-        return CachedSignalDataset(self._signals_cache().path, rows, y, crop, hp.normalize, mean, std,
+        stride = None
+        if sliding and not random_crop and hp.eval_stride_seconds is not None:
+            stride = round(hp.eval_stride_seconds * hp.sampling_rate)
+        crop = self.crop_length if (random_crop or hp.eval_crop or stride) else None
+        peaks = self._peaks_cache().path if hp.crop_align == "beat" else None
+        normalize = "train" if hp.normalize.startswith("train") else hp.normalize  # mean/std say which
+        return CachedSignalDataset(self._signals_cache().path, rows, y, crop, normalize, mean, std,
                                    align=hp.crop_align, fs=hp.sampling_rate, beat_offset=hp.beat_offset_seconds,
-                                   random_crop=random_crop, window_baseline=hp.window_baseline)
+                                   random_crop=random_crop, window_baseline=hp.window_baseline, peaks=peaks,
+                                   eval_stride=stride)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        """``split`` in fixed order with evaluation windows: for embeddings (probes) and analyses."""
+        """``split`` in fixed order, one evaluation window per record: for embeddings (probes) and analyses."""
         train = self.datasets["train"]
-        return self._make_loader(self._dataset(split, train.mean, train.std, random_crop=False), shuffle=False)
+        dataset = self._dataset(split, train.mean, train.std, random_crop=False, sliding=False)
+        return self._make_loader(dataset, shuffle=False)
 
     def ground_truth(self, split: str) -> pd.DataFrame | None:
         """Rows of ``ground_truth.csv`` (synthetic data only) aligned with ``split``'s dataset."""
@@ -242,10 +305,23 @@ class PTBXLDataModule(SplitDataModule):
         ids = self._database().index[self.split_rows(split)[0]]
         return pd.read_csv(path, index_col="ecg_id").loc[ids]
 
-    def _train_stats(self, cache: ArrayCache, max_records: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-        """Per-lead mean/std over (an evenly spaced subset of) the training records."""
-        rows, _ = self.split_rows("train")
-        rows = rows[np.linspace(0, len(rows) - 1, min(max_records, len(rows))).astype(int)]
-        x = cache.open()[np.sort(rows)]
-        return x.mean(axis=(0, 2))[:, None].astype(np.float32), x.std(axis=(0, 2))[:, None].astype(np.float32) + 1e-6
+    def _train_stats(self, cache: ArrayCache, per_lead: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean/std (ddof 0) over every sample of every training record, read in chunks.
+
+        The benchmark's ``preprocess_signals``: one ``StandardScaler`` over all leads together;
+        ``per_lead`` gives each lead its own (a project variant).
+        """
+        rows = np.sort(self.split_rows("train")[0])
+        signals = cache.open()
+        axes = (0, 2) if per_lead else (0, 1, 2)
+        chunks = [rows[i : i + 256] for i in range(0, len(rows), 256)]
+        count = len(rows) * signals.shape[2] * (1 if per_lead else signals.shape[1])
+        total = sum(np.asarray(signals[c], dtype=np.float64).sum(axis=axes) for c in chunks)
+        mean = total / count
+        shape = (-1, 1) if per_lead else (1, 1)
+        centred = (np.square(np.asarray(signals[c], dtype=np.float64) - mean.reshape(shape)).sum(axis=axes)
+                   for c in chunks)
+        std = np.sqrt(sum(centred) / count)
+        return (np.reshape(mean, shape).astype(np.float32),
+                np.reshape(np.maximum(std, 1e-6), shape).astype(np.float32))
 

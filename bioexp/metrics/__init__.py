@@ -1,0 +1,1 @@
+"""Metrics shared by tasks and evaluations that torchmetrics does not provide."""
