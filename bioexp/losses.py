@@ -39,35 +39,42 @@ def _hinge(violation: torch.Tensor, sharpness: float) -> torch.Tensor:
 
 
 def ep_constraint_loss(params: Mapping[str, Mapping[str, torch.Tensor]], pr_min: float = 0.04, qt_min: float = 0.08,
-                       sigma_bounds: Mapping[str, tuple[float, float]] | None = None,
-                       sharpness: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       sigma_bounds: Mapping[str, tuple[float, float]] | None = None, sharpness: float = 100.0,
+                       detach_gates: bool = True, order_gate: str = "pairs",
+                       relative_sigma_sharpness: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Soft electrophysiology constraints on ``GaussianWaveDecoder`` params; returns total and named terms.
 
     Terms (window fractions, batch means): ``order`` (P before QRS before T), ``pr`` (QRS - P >= pr_min),
-    ``qt`` (T - QRS >= qt_min) and ``sigma`` (each wave's width within its bounds). Each is weighted by
-    the gates of the waves involved, so a faded wave's placement matters less. The gates enter as
-    constants (detached): otherwise the cheapest way to satisfy the constraints would be to shrink the
-    gates and grow the amplitudes, which leaves the reconstruction unchanged and the constraints void.
+    ``qt`` (T - QRS >= qt_min) and ``sigma`` (each wave's width within its bounds), each a softplus hinge
+    ``softplus(sharpness * violation) / sharpness`` weighted by the gates of the waves involved, so a faded
+    wave's placement matters less.
 
-    Time terms use ``sharpness`` directly (the window is their scale). Sigma terms are sharpened relative
-    to the bound they test (``sharpness / bound``): with bounds of a few hundredths of the window, a plain
-    ``sharpness`` of 100 would leave a ~0.003 penalty on every in-bounds width; scaled, a width 10 %
-    inside its bound costs ~0 while a violation still costs ~its size in window fractions.
+    The published loss is ``sharpness=1``, ``detach_gates=False``, ``order_gate="all"`` (the order term
+    weighted by all three gates) and ``relative_sigma_sharpness=False``. The defaults are the beat-window
+    variant's: gates enter as constants (otherwise the cheapest way to satisfy the constraints is to shrink
+    the gates and grow the amplitudes, leaving the reconstruction unchanged and the constraints void),
+    ``order`` is weighted per pair (P-QRS, QRS-T), and the hinge is sharp (100), with sigma terms sharpened
+    relative to the bound they test (``sharpness / bound``): a width 10 % inside its bound costs ~0 while
+    a violation costs ~its size (with ``sharpness=1`` every term keeps a floor of ~log 2 times its gates).
     """
+    if order_gate not in ("pairs", "all"):
+        raise ValueError(f"unknown order_gate {order_gate!r}; choose pairs or all")
     bounds = {**DEFAULT_SIGMA_BOUNDS, **(sigma_bounds or {})}
     tau = {wave: p["tau"] for wave, p in params.items()}
-    gate = {wave: p["gate"].detach() for wave, p in params.items()}
+    gate = {wave: p["gate"].detach() if detach_gates else p["gate"] for wave, p in params.items()}
     g_pq, g_qt = gate["P"] * gate["QRS"], gate["QRS"] * gate["T"]
+    p_qrs, qrs_t = _hinge(tau["P"] - tau["QRS"], sharpness), _hinge(tau["QRS"] - tau["T"], sharpness)
+    order = (g_pq * p_qrs + g_qt * qrs_t) if order_gate == "pairs" else g_pq * gate["T"] * (p_qrs + qrs_t)
     terms = {
-        "order": (g_pq * _hinge(tau["P"] - tau["QRS"], sharpness)
-                  + g_qt * _hinge(tau["QRS"] - tau["T"], sharpness)).mean(),
+        "order": order.mean(),
         "pr": (g_pq * _hinge(pr_min - (tau["QRS"] - tau["P"]), sharpness)).mean(),
         "qt": (g_qt * _hinge(qt_min - (tau["T"] - tau["QRS"]), sharpness)).mean(),
     }
     sigma_terms = []
     for wave, (lo, hi) in bounds.items():
         sigma = params[wave]["sigma"]
-        penalty = _hinge(lo - sigma, sharpness / lo) + _hinge(sigma - hi, sharpness / hi)
+        lo_sharp, hi_sharp = (sharpness / lo, sharpness / hi) if relative_sigma_sharpness else (sharpness, sharpness)
+        penalty = _hinge(lo - sigma, lo_sharp) + _hinge(sigma - hi, hi_sharp)
         sigma_terms.append((gate[wave] * penalty).mean())
     terms["sigma"] = torch.stack(sigma_terms).sum()
     return torch.stack(list(terms.values())).sum(), terms

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import bioexp.utils.resolvers  # noqa: F401  (registers ${launch_dir:}, ${wandb_offline:})
+from bioexp.errors import BioexpError
 from bioexp.utils.run import report_user_errors
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -47,6 +48,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
             run.print_config(cfg, out)
 
     model = run.build_task(cfg.model)
+    if cfg.get("init_from"):  # a new run from a checkpoint's weights; ckpt_path= would resume that run instead
+        if cfg.get("ckpt_path"):
+            raise BioexpError("give init_from= (new run from a checkpoint's weights) or ckpt_path= (resume), not both")
+        model.init_weights_from(cfg.init_from)
     loggers = dashboards.start_loggers(cfg.get("logger"))
     callbacks = run.instantiate_group(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger

@@ -279,3 +279,27 @@ def test_projection_head():
     assert out.shape == (4, 128)
     x = torch.randn(1, 256)
     torch.testing.assert_close(head(x), head.net[2](torch.relu(head.net[0](x))))
+
+
+def test_published_decoder_has_separate_heads_and_the_published_init():
+    """heads=separate: an MLP each for tau, sigma, gate and amplitudes; biases as published (-1.5/-0.5/0.5 ...)."""
+    sigmoid = lambda b: 1 / (1 + math.exp(-b))  # noqa: E731
+    published = {"tau": (-1.5, -0.5, 0.5), "sigma": (-2.0, -2.5, -1.5), "gate": (2.0, 3.0, 2.0)}
+    init = {"init_tau": {w: sigmoid(b) for w, b in zip(WAVES, published["tau"], strict=True)},
+            "init_sigma": {w: math.log1p(math.exp(b)) + 0.005 for w, b in zip(WAVES, published["sigma"], strict=True)},
+            "init_gate": {w: 0.1 + 0.9 * sigmoid(b) for w, b in zip(WAVES, published["gate"], strict=True)}}
+    torch.manual_seed(0)
+    decoder = GaussianWaveDecoder(heads="separate", param_weight_scale=1.0, init_amplitude_bias_zero=False, **init)
+    for i, wave in enumerate(WAVES):
+        heads = decoder.mlps[wave].heads
+        assert [h[-1].out_features for h in heads] == [1, 1, 1, 12 * (3 if wave == "QRS" else 1)]
+        assert all(h[0].in_features == DEFAULT_LATENT_DIMS[wave] and h[0].out_features == 256 for h in heads)
+        for j, name in enumerate(("tau", "sigma", "gate")):
+            assert heads[j][-1].bias.item() == pytest.approx(published[name][i], abs=1e-5), (wave, name)
+        assert heads[3][-1].bias.abs().max() > 0  # PyTorch's default init, not zeroed
+    x_hat, params = decoder(random_latents(4), 1000)
+    assert x_hat.shape == (4, 12, 1000)
+    x_hat.sum().backward()
+    assert all(h[0].weight.grad is not None for wave in WAVES for h in decoder.mlps[wave].heads)
+    with pytest.raises(ValueError, match="unknown decoder heads"):
+        GaussianWaveDecoder(heads="tied")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bioexp.losses import ep_constraint_loss, nt_xent
 from bioexp.nets.ep_prior import DEFAULT_LATENT_DIMS, GaussianWaveDecoder
@@ -153,3 +154,26 @@ def test_ep_loss_custom_bounds_and_margins():
     assert terms["pr"].item() == pytest.approx(0.02, rel=0.1)
     assert terms["qt"].item() == pytest.approx(0.05, rel=0.1)
     assert terms["sigma"].item() == pytest.approx(0.003, rel=0.1)  # P sigma 0.012 below the new lower bound
+
+
+def test_published_ep_loss_softplus_hinge_with_differentiable_gates():
+    """sharpness=1, gates differentiable, order weighted by all three gates, absolute sigma hinges (published)."""
+
+
+    published = {"sharpness": 1.0, "detach_gates": False, "order_gate": "all", "relative_sigma_sharpness": False}
+    params = wave_params(tau=(0.2, 0.35, 0.65), sigma=(0.012, 0.008, 0.03), gate=(0.9, 0.8, 0.7))
+    for p in params.values():
+        p["gate"].requires_grad_()
+    total, terms = ep_constraint_loss(params, **published)
+    g = {"P": 0.9, "QRS": 0.8, "T": 0.7}
+    sp = lambda v: F.softplus(torch.tensor(v)).item()  # noqa: E731
+    assert terms["order"].item() == pytest.approx(0.9 * 0.8 * 0.7 * (sp(0.2 - 0.35) + sp(0.35 - 0.65)), rel=1e-5)
+    assert terms["pr"].item() == pytest.approx(0.9 * 0.8 * sp(0.04 - 0.15), rel=1e-5)
+    assert terms["qt"].item() == pytest.approx(0.8 * 0.7 * sp(0.08 - 0.30), rel=1e-5)
+    sigma = sum(g[w] * (sp(lo - s) + sp(s - hi)) for w, s, (lo, hi) in zip(
+        ("P", "QRS", "T"), (0.012, 0.008, 0.03), ((0.003, 0.025), (0.002, 0.020), (0.005, 0.040)), strict=True))
+    assert terms["sigma"].item() == pytest.approx(sigma, rel=1e-5)
+    total.backward()
+    assert params["P"]["gate"].grad.sum() > 0  # shrinking a gate lowers the published loss
+    with pytest.raises(ValueError, match="unknown order_gate"):
+        ep_constraint_loss(params, order_gate="some")

@@ -102,42 +102,88 @@ class StructuredEncoder(nn.Module):
         return {name: self.heads[name](pooled[name]) for name in self.latent_dims}, attention
 
 
+class _SeparateHeads(nn.Module):
+    """One Linear-ReLU-Linear MLP per parameter group (tau, sigma, gate, amplitudes), outputs concatenated.
+
+    The published decoder's layout: the groups share no hidden layer, so e.g. the timing head cannot be
+    pulled around by what the amplitude head needs.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                                                 nn.Linear(hidden, size)) for size in sizes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(z) for head in self.heads], dim=-1)
+
+    def last_layers(self) -> list[nn.Linear]:
+        return [head[-1] for head in self.heads]
+
+
 class GaussianWaveDecoder(nn.Module):
     """Draws each lead as ``output_scale * sum_w gate_w * sum_k A_wk * N(t; tau_w + offset_k, sigma_w)``.
 
-    One parameter MLP per wave maps its latent to: centre ``tau = sigmoid(.)`` (fraction of the window),
+    Per wave, parameter MLPs map its latent to: centre ``tau = sigmoid(.)`` (fraction of the window),
     width ``sigma = softplus(.) + sigma_min`` shared by the wave's components, presence
     ``gate = gate_min + (1 - gate_min) * sigmoid(.)`` (a wave may fade, never vanish, so its timing stays
     learnable) and one amplitude per lead and component (QRS has three: Q, R, S at ``qrs_offsets``).
+    ``heads="separate"`` (published) gives tau, sigma, gate and the amplitudes an MLP each;
+    ``heads="shared"`` one MLP per wave with one hidden layer for all of them.
 
-    Initialisation: last-layer biases put tau/sigma at ``INIT_TAU``/``INIT_SIGMA`` (P 0.20/0.012,
-    QRS 0.35/0.008, T 0.65/0.03: a beat-centred 1-s window with the R peak at 0.35) and gates at
-    ``gate_min + (1 - gate_min) / 2`` (0.55, bias 0); amplitude biases are 0 and all last-layer weights are
-    scaled by ``PARAM_WEIGHT_SCALE`` (0.1), so unit-variance latents give amplitudes ~0.02 and ``x_hat``
-    peaks of ~0.1-0.7 after ``output_scale`` (15): small but with gradients to every parameter.
+    Initialisation: last-layer biases put tau, sigma and gate at ``init_tau``/``init_sigma``/``init_gate``
+    (window fractions; default ``INIT_TAU``/``INIT_SIGMA`` and a gate halfway between ``gate_min`` and 1:
+    a beat-centred 1-s window with the R peak at 0.35); last-layer weights are scaled by ``param_weight_scale``. With
+    ``init_amplitude_bias_zero`` the amplitude biases start at 0 (with scale 0.1: amplitudes ~0.02 and
+    ``x_hat`` peaks ~0.1-0.7 after ``output_scale`` 15); otherwise they keep PyTorch's default init, as
+    the published decoder does.
     Everything runs in float32 (autocast off): with sigma ~0.01 of the window, half precision would
     quantise the wave centres at the scale of the waves themselves.
     """
 
     def __init__(self, latent_dims: Mapping[str, int] | None = None, n_leads: int = 12, hidden: int = 256,
                  gate_min: float = 0.1, sigma_min: float = 0.005, output_scale_init: float = 15.0,
-                 qrs_offsets: Sequence[float] = (-0.015, 0.0, 0.015)) -> None:
+                 qrs_offsets: Sequence[float] = (-0.015, 0.0, 0.015), heads: str = "shared",
+                 init_tau: Mapping[str, float] | None = None, init_sigma: Mapping[str, float] | None = None,
+                 init_gate: Mapping[str, float] | None = None, param_weight_scale: float = PARAM_WEIGHT_SCALE,
+                 init_amplitude_bias_zero: bool = True) -> None:
         super().__init__()
         dims = resolve_latent_dims(latent_dims)
-        if not all(INIT_SIGMA[wave] > sigma_min for wave in WAVES):
-            raise ValueError(f"sigma_min={sigma_min} must be below the initial widths {INIT_SIGMA}")
+        if heads not in ("shared", "separate"):
+            raise ValueError(f"unknown decoder heads {heads!r}; choose shared or separate")
+        tau0 = {**INIT_TAU, **(init_tau or {})}
+        sigma0 = {**INIT_SIGMA, **(init_sigma or {})}
+        gate0 = dict(init_gate) if init_gate else dict.fromkeys(WAVES, gate_min + (1 - gate_min) / 2)  # bias 0
+        if not all(sigma0[wave] > sigma_min for wave in WAVES):
+            raise ValueError(f"sigma_min={sigma_min} must be below the initial widths {sigma0}")
+        if not all(0 < tau0[w] < 1 and gate_min < gate0[w] < 1 for w in WAVES):
+            raise ValueError(f"initial centres must lie in (0, 1) and gates in (gate_min, 1): {tau0}, {gate0}")
         self.n_leads, self.gate_min, self.sigma_min = n_leads, gate_min, sigma_min
         self.offsets = {"P": (0.0,), "QRS": tuple(float(o) for o in qrs_offsets), "T": (0.0,)}
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
         self.mlps = nn.ModuleDict()
         for wave in WAVES:
-            last = nn.Linear(hidden, 3 + n_leads * len(self.offsets[wave]))
+            n_amp = n_leads * len(self.offsets[wave])
+            biases = (math.log(tau0[wave] / (1 - tau0[wave])),  # logit
+                      math.log(math.expm1(sigma0[wave] - sigma_min)),  # softplus inverse
+                      math.log((gate0[wave] - gate_min) / (1 - gate0[wave])))  # logit of the gate's sigmoid
+            if heads == "separate":
+                mlp = _SeparateHeads(dims[wave], hidden, (1, 1, 1, n_amp))
+                lasts = mlp.last_layers()
+            else:
+                last = nn.Linear(hidden, 3 + n_amp)  # built first: same weights for a seed as before
+                mlp = nn.Sequential(nn.Linear(dims[wave], hidden), nn.ReLU(inplace=True), last)
+                lasts = [last]
             with torch.no_grad():
-                last.weight.mul_(PARAM_WEIGHT_SCALE)
-                last.bias.zero_()
-                last.bias[0] = math.log(INIT_TAU[wave] / (1 - INIT_TAU[wave]))  # logit
-                last.bias[1] = math.log(math.expm1(INIT_SIGMA[wave] - sigma_min))  # softplus inverse
-            self.mlps[wave] = nn.Sequential(nn.Linear(dims[wave], hidden), nn.ReLU(inplace=True), last)
+                for last in lasts:
+                    last.weight.mul_(param_weight_scale)
+                bias = torch.cat([last.bias for last in lasts])  # [tau, sigma, gate, amplitudes...]
+                bias[:3] = torch.tensor(biases)
+                if init_amplitude_bias_zero:
+                    bias[3:] = 0.0
+                for last, part in zip(lasts, bias.split([len(last.bias) for last in lasts]), strict=True):
+                    last.bias.copy_(part)
+            self.mlps[wave] = mlp
 
     def wave_params(self, z: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """Latents -> ``{wave: {tau, sigma, gate: [B], amplitude: [B, n_leads, K], centres: [B, K]}}``."""

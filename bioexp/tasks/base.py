@@ -1,11 +1,18 @@
-"""What every task shares: optimiser/scheduler from config, and self-describing checkpoints."""
+"""What every task shares: optimiser/scheduler from config, self-describing checkpoints, init from weights."""
 
 from __future__ import annotations
 
+import logging
+import pickle
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
+
+from bioexp.errors import BioexpError
+
+log = logging.getLogger(__name__)
 
 
 def build(config: dict[str, Any], **kwargs: Any) -> Any:
@@ -51,6 +58,42 @@ class Task(L.LightningModule):
             dm_cls = type(datamodule)
             provenance["datamodule"] = f"{dm_cls.__module__}.{dm_cls.__qualname__}"
         checkpoint["bioexp"] = provenance
+
+    def init_weights_from(self, path: str | Path) -> None:
+        """Start from a checkpoint's weights only (``init_from=``): optimiser, schedule and epoch count start fresh.
+
+        For fine-tuning and "train N more epochs"; ``ckpt_path=`` is the exact resume. The checkpoint must be
+        of this task class (when it says) with exactly this model's parameter names and shapes.
+        """
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise BioexpError(f"init_from: checkpoint not found: {path} (init_from=<run dir>/checkpoints/last.ckpt)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as exc:  # torch.load on non-ckpts
+            reason = " ".join(str(exc).split())[:200]
+            raise BioexpError(f"init_from: {path} is not a readable checkpoint ({reason})") from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise BioexpError(f"init_from: {path} holds no model weights (no state_dict); pass a Lightning .ckpt")
+        mine = f"{type(self).__module__}.{type(self).__qualname__}"
+        theirs_task = (ckpt.get("bioexp") or {}).get("task")
+        if theirs_task is not None and theirs_task != mine:
+            raise BioexpError(f"init_from: {path} is a {theirs_task} checkpoint but this run trains {mine}; "
+                              "choose the model= it was trained with")
+        ours, theirs = self.state_dict(), ckpt["state_dict"]
+        missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(ours[k].shape)}"
+                  for k in sorted(ours.keys() & theirs.keys()) if theirs[k].shape != ours[k].shape]
+        if missing or unexpected or shapes:
+            parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                     f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                     f"{len(shapes)} of other shape (e.g. {shapes[0]})" if shapes else ""]
+            raise BioexpError(f"init_from: {path} does not fit this model: {', '.join(p for p in parts if p)} "
+                              "parameters; use the model settings it was trained with")
+        self.load_state_dict(theirs)
+        log.info("Initialised %d tensors from %s (fresh optimiser and schedule)", len(theirs), path)
 
 
 def task_class(path: str) -> type[Task]:
