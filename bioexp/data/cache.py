@@ -63,7 +63,7 @@ def _decode(read: Callable[[str], np.ndarray], shape: tuple[int, ...], item: str
     return arr
 
 
-def _load_finished(npy: Path, meta_path: Path, key: str) -> ArrayCache | None:
+def _load_finished(npy: Path, meta_path: Path, key: str, dtype: np.dtype) -> ArrayCache | None:
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key or not meta.get("complete"):
@@ -71,14 +71,17 @@ def _load_finished(npy: Path, meta_path: Path, key: str) -> ArrayCache | None:
         arr = np.load(npy, mmap_mode="r")
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    if arr.shape != tuple(meta["shape"]) or npy.stat().st_size != meta["nbytes"]:
+    if arr.shape != tuple(meta["shape"]) or arr.dtype != dtype or npy.stat().st_size != meta["nbytes"]:
         return None
     return ArrayCache(npy, np.asarray(meta["valid"], dtype=bool), meta["errors"])
 
 
 def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: tuple[int, ...],
-                 read: Callable[[str], np.ndarray], fingerprint: str = "", workers: int = 0) -> ArrayCache:
+                 read: Callable[[str], np.ndarray], fingerprint: str = "", workers: int = 0,
+                 dtype: np.dtype | str = np.float32) -> ArrayCache:
     """Return the cache of ``read(item)`` for all ``items``, building it if absent, stale or partial.
+
+    ``dtype`` is the stored type (e.g. ``uint8`` for 8-bit frames: a quarter of float32's bytes).
 
     ``read`` must be picklable (a module-level function or ``functools.partial`` of one) when
     ``workers > 0``. Items whose ``read`` raises are zero-filled and marked invalid with the reason.
@@ -88,7 +91,8 @@ def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: 
     key = hashlib.sha256(
         json.dumps([CACHE_FORMAT, list(shape), fingerprint, list(items)]).encode()).hexdigest()[:16]
     npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
-    found = _load_finished(npy, meta_path, key)
+    dtype = np.dtype(dtype)
+    found = _load_finished(npy, meta_path, key, dtype)
     if found is not None:
         return found
     # Other versions are never deleted here: a concurrent run or sweep worker may be reading them.
@@ -99,7 +103,7 @@ def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: 
                  cache_dir, size)
     log.info("Building cache %s for %d items (once; later runs read the memmap)", npy, len(items))
     tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), *shape))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), *shape))
     valid = np.zeros(len(items), dtype=bool)
     errors: dict[str, str] = {}
     results = _map_decode(read, shape, items, workers)
