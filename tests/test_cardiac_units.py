@@ -18,7 +18,8 @@ from bioexp.nets.dreamer import CardiacDreamer, sinusoidal_positions
 from bioexp.tasks.dreamer import CardiacDreamerTask
 
 TINY_NET = {"_target_": "bioexp.nets.dreamer.CardiacDreamer", "token_type": "channel", "d_model": 32,
-            "num_heads": 2, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0, "arch": "resnet18"}
+            "num_heads": 2, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0, "arch": "resnet18",
+            "pretrained": None}
 STATS = {"action_mean": [1.0, -2.0, 0.5, 3.0, 0.0, -1.0], "action_std": [5.0, 4.0, 3.0, 8.0, 6.0, 7.0],
          "change_mean": [0.0] * 6, "change_std": [2.0] * 6}
 
@@ -164,7 +165,7 @@ def test_sinusoidal_positions_are_distinct_and_bounded():
 @pytest.mark.parametrize(("token_type", "size", "cells"), [("channel", 64, 2), ("spatial", 96, 3)])
 def test_net_shapes(token_type, size, cells):
     torch.manual_seed(0)
-    config = {k: v for k, v in TINY_NET.items() if k != "_target_"}
+    config = {k: v for k, v in TINY_NET.items() if k != "_target_"}  # pretrained=None: no cache lookup
     net = CardiacDreamer(image_size=size, **{**config, "token_type": token_type}).eval()
     out = net(torch.rand(3, 1, size, size), torch.randn(3, 6))
     assert out["features_t1"].shape == out["features_t2"].shape == (3, 512, cells, cells)

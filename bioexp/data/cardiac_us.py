@@ -313,7 +313,7 @@ class CardiacUSDataModule(SplitDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".bioexp_cache"
         self._labelled: dict[str, Patient] | None = None
         self._patients: dict[str, Patient] | None = None
-        self._rows: dict[str, np.ndarray] = {}
+        self.frame_rows: dict[str, np.ndarray] = {}
         self._cache: ArrayCache | None = None
         self._split: dict[str, list[str]] | None = None
         self.skipped: dict[str, str] = {}
@@ -340,13 +340,13 @@ class CardiacUSDataModule(SplitDataModule):
 
     @property
     def patients(self) -> dict[str, Patient]:
-        """The usable transitions: those whose two frames decoded (see :meth:`_frames`)."""
+        """The usable transitions: those whose two frames decoded (see :meth:`frame_cache`)."""
         if self._patients is None:
-            self._frames()
+            self.frame_cache()
         assert self._patients is not None
         return self._patients
 
-    def _frames(self) -> ArrayCache:
+    def frame_cache(self) -> ArrayCache:
         """Decode every frame once into the uint8 memmap; drop (and count) transitions with a bad frame."""
         if self._cache is not None:
             return self._cache
@@ -359,14 +359,14 @@ class CardiacUSDataModule(SplitDataModule):
                              partial(decode_frame, hp.image_size), file_fingerprint(frames), hp.decode_workers,
                              dtype=np.uint8)
         row_of = {p: i for i, p in enumerate(frames)}
-        patients, self._rows, dropped = {}, {}, 0
+        patients, self.frame_rows, dropped = {}, {}, 0
         for name, patient in labelled.items():
             rows = np.array([[row_of[a], row_of[b]] for a, b in zip(patient.image_t1, patient.image_t2, strict=True)])
             keep = cache.valid[rows].all(axis=1)
             dropped += int((~keep).sum())
             if keep.any():
                 patients[name] = _subset(patient, keep)
-                self._rows[name] = rows[keep]
+                self.frame_rows[name] = rows[keep]
         total = sum(len(p) for p in labelled.values())
         self.skipped = dict(cache.errors)
         if dropped:
@@ -438,11 +438,11 @@ class CardiacUSDataModule(SplitDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        self._frames()  # missing frames are counted, and too many fail, here: before any training
+        self.frame_cache()  # missing frames are counted, and too many fail, here: before any training
 
     def setup(self, stage: str | None = None) -> None:
-        path = self._frames().path
-        self.datasets = {s: TransitionDataset(path, [self.patients[n] for n in names], self._rows,
+        path = self.frame_cache().path
+        self.datasets = {s: TransitionDataset(path, [self.patients[n] for n in names], self.frame_rows,
                                               self.hparams.augment if s == "train" else None)
                          for s, names in self.split.items()}
 
