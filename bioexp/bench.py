@@ -106,6 +106,8 @@ def loading_speedup(records: int) -> tuple[float, float]:
 
 def cardiac_pairs_per_second(pairs: int = 2000, size: int = 224) -> float:
     """Training items (two frames, augmentation off) per second that one loader worker reads from the cache."""
+    import torch
+
     from bioexp.data.cardiac_us import CardiacUSDataModule
     from bioexp.data.synth.cardiac_us import generate_cardiac_us
 
@@ -116,10 +118,15 @@ def cardiac_pairs_per_second(pairs: int = 2000, size: int = 224) -> float:
         dm.setup()
         dataset = dm.datasets["train"]
         dataset[0]  # opens the memmap, as a worker's first item does
-        start = time.perf_counter()
-        for i in range(pairs):
-            dataset[i % len(dataset)]
-        return pairs / (time.perf_counter() - start)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        try:
+            start = time.perf_counter()
+            for i in range(pairs):
+                dataset[i % len(dataset)]
+            return pairs / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def cfg_job_time(repeats: int = 3) -> float:

@@ -193,6 +193,21 @@ def test_forward_composes_the_move_with_the_predicted_t2_action():
     torch.testing.assert_close(task.normalize(task.denormalize(out["action_t2"])), out["action_t2"])
 
 
+def test_additive_composition_subtracts_the_move_as_the_public_labels_add_it():
+    """Public labels: at2 = at1 + move, so the model's a'_t1 is a'_t2 - move; main and t2 losses then coincide."""
+    task, batch = _task(composition="additive"), _batch()
+    batch["at1"] = batch["at2"] - batch["action_change"]
+    with torch.no_grad():
+        out = task(batch["image_t1"], batch["action_change"])
+    torch.testing.assert_close(out["action_t1"], out["action_t2"] - batch["action_change"])
+    logged = {}
+    task.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    task._step(batch, "val")
+    assert logged["val/main_task_loss"] == pytest.approx(logged["val/t2_action_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="model.composition"):
+        _task(composition="quaternion")
+
+
 def test_losses_latent_target_is_the_real_t2_frame_without_gradient(monkeypatch):
     task, batch = _task(), _batch()
     logged = {}

@@ -268,17 +268,17 @@ class TransitionDataset(Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_frames": None}
 
-    def _image(self, row: int) -> torch.Tensor:
+    def _pair(self, rows: np.ndarray) -> torch.Tensor:
+        """Frames t1 and t2 as ``(2, 1, S, S)`` floats in [0, 1]: one memmap read, one conversion."""
         if self._frames is None:
             self._frames = np.load(self.path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._frames[row])).unsqueeze(0).float().div_(255.0)
+        return torch.from_numpy(self._frames[rows]).unsqueeze(1).to(torch.float32).div_(255.0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, item_seed = item if isinstance(item, tuple) else (item, None)  # EpochSampler: (index, item seed)
         k, i = self.index[index]
         patient = self.patients[k]
-        row_t1, row_t2 = self.rows[patient.name][i]
-        t1, t2 = self._image(row_t1), self._image(row_t2)
+        t1, t2 = self._pair(self.rows[patient.name][i])
         if self.augment:
             rng = item_rng(item_seed)
             t1, t2 = (augment_appearance(t, rng, **self.augment) for t in (t1, t2))
