@@ -26,7 +26,8 @@ from tests.conftest import compose_cfg, run_cli, shared_data
 REAL = "data_0513_01"
 TINY = ["data.image_size=32", "data.num_workers=0", "data.batch_size=16", "model.net.d_model=32",
         "model.net.num_heads=2", "model.net.num_layers=1", "model.net.dim_feedforward=64", "model.net.arch=resnet18",
-        "model.net.pretrained=null", "trainer=cpu", "debug=limit", "callbacks.rich_progress_bar=null", "print_config=false"]
+        "model.net.pretrained=null", "trainer=cpu", "debug=limit", "callbacks.rich_progress_bar=null",
+        "print_config=false"]
 
 
 def _copies(root: Path, json_rows: list | None = None, count: int = 3) -> Path:
