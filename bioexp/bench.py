@@ -4,6 +4,7 @@
 2. cached PTB-XL loading vs per-record WFDB decoding (>= 20x)
 3. wall time of ``python -m bioexp.train --cfg job`` (< 2 s)
 4. beat-window loading (EP-Prior's 1-s beat-centred windows) per dataloader worker process (>= 10,000/s)
+5. Cardiac Dreamer frame pairs per second from the uint8 frame memmap, one loader worker (>= 2000)
 """
 
 from __future__ import annotations
@@ -128,6 +129,31 @@ def beat_window_rate(records: int, windows: int) -> float:
         return windows / (time.perf_counter() - start)
 
 
+def cardiac_pairs_per_second(pairs: int = 2000, size: int = 224) -> float:
+    """Training items (two frames, augmentation off) per second that one loader worker reads from the cache."""
+    import torch
+
+    from bioexp.data.cardiac_us import CardiacUSDataModule
+    from bioexp.data.synth.cardiac_us import generate_cardiac_us
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_cardiac_us(Path(tmp) / "cardiac", patients=3, transitions=40, size=size, seed=0)
+        dm = CardiacUSDataModule(str(root), image_size=size, num_workers=0, decode_workers=0)
+        dm.prepare_data()
+        dm.setup()
+        dataset = dm.datasets["train"]
+        dataset[0]  # opens the memmap, as a worker's first item does
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        try:
+            start = time.perf_counter()
+            for i in range(pairs):
+                dataset[i % len(dataset)]
+            return pairs / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
+
+
 def cfg_job_time(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -205,6 +231,7 @@ def main() -> None:
     wfdb_s, cache_s = loading_speedup(args.records)
     cfg_s = cfg_job_time()
     beats = beat_window_rate(args.records, args.windows)
+    cardiac = cardiac_pairs_per_second()
     rows = [
         ("train step: bioexp / plain PyTorch (xresnet1d50, batch "
          f"{args.batch_size}x12x250, CPU)", f"{step_ratio:.3f}", "<= 1.05", step_ratio <= 1.05,
@@ -214,6 +241,8 @@ def main() -> None:
         ("python -m bioexp.train --cfg job", f"{cfg_s:.2f} s", "< 2 s", cfg_s < 2.0, "median of 3"),
         ("beat windows per worker process (1 s, beat-aligned, median baseline)", f"{beats:,.0f}/s", ">= 10,000/s",
          beats >= 10_000, f"{args.windows} windows from {args.records} records"),
+        ("Cardiac Dreamer: frame pairs/s per loader worker (224 px, uint8 memmap)", f"{cardiac:.0f}", ">= 2000",
+         cardiac >= 2000, "2000 items, no augmentation"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>8}  {'target':>8}  ok   detail")

@@ -22,7 +22,7 @@ from tests.conftest import compose_cfg, run_cli
 
 TINY = ["data.image_size=64", "data.num_workers=0", "data.batch_size=8", "model.net.d_model=32",
         "model.net.num_heads=2", "model.net.num_layers=1", "model.net.dim_feedforward=64", "model.net.arch=resnet18",
-        "trainer=cpu", "callbacks.rich_progress_bar=null", "print_config=false"]
+        "model.net.pretrained=null", "trainer=cpu", "callbacks.rich_progress_bar=null", "print_config=false"]
 
 
 @pytest.fixture(scope="module")
@@ -34,26 +34,49 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                size=64, seed=0)
 
 
+def _patients(root: Path) -> list[Path]:
+    """The patient folders (not the frame cache ``.bioexp_cache`` a datamodule writes beside them)."""
+    return [p for p in root.iterdir() if not p.name.startswith(".")]
+
+
 def _data(root: Path, *overrides: str) -> list[str]:
     return ["experiment=cardiac_dreamer", f"data.root={root}", "data.synthesize=null", *TINY, *overrides]
 
 
 def test_synthetic_actions_are_exact_geometry(cohort):
+    """Default labels are the public data's (additive, degrees): ``at = pose - target``, ``at2 = at1 + move``."""
     folder = cohort / "data_patient_03"
     patient = read_patient(folder)
     truth = json.loads((folder / "probe_poses.json").read_text())
-    frames, target = torch.tensor(truth["frame_poses"], dtype=torch.float64), torch.tensor(truth["target_pose"])
+    frames, target = np.asarray(truth["frame_poses"]), np.asarray(truth["target_pose"])
     n = len(patient)
-    assert len(frames) == n + 1
-    torch.testing.assert_close(torch.from_numpy(patient.at1).double(),
-                               se3.relative(frames[:-1], target.double().expand(n, 6)), atol=1e-4, rtol=0)
-    composed = se3.compose(torch.from_numpy(patient.change).double(), torch.from_numpy(patient.at2).double())
-    torch.testing.assert_close(composed, torch.from_numpy(patient.at1).double(), atol=1e-4, rtol=0)
+    assert len(frames) == n + 1 and truth["composition"] == "additive" and truth["angle_unit"] == "deg"
+    np.testing.assert_allclose(patient.at1, frames[:-1] - target, atol=1e-4)
+    np.testing.assert_allclose(patient.at2, patient.at1 + patient.change, atol=1e-4)
     image = np.asarray(Image.open(patient.image_t1[0]))
     assert image.shape == (64, 64) and image.dtype == np.uint8
     assert image[0, 0] == 0 and image[-5:, 25:39].mean() > 10  # outside the fan is black; inside is not
-    assert len({p.name for p in cohort.iterdir()}) == 8
-    assert len({len(read_patient(p)) for p in cohort.iterdir()}) > 1  # uneven acquisitions
+    assert len(_patients(cohort)) == 8
+    assert len({len(read_patient(p)) for p in _patients(cohort)}) > 1  # uneven acquisitions
+
+
+def test_se3_synthetic_labels_from_scipy_agree_with_the_models_composition(tmp_path):
+    """The se3 labels are written with scipy's rotations: bioexp.se3 (the model's code) must reproduce them."""
+    from bioexp.data.synth.cardiac_us import generate_cardiac_us
+
+    root = generate_cardiac_us(tmp_path / "se3", patients=1, transitions=12, size=32, seed=1, composition="se3",
+                               angle_unit="rad")
+    patient = read_patient(root / "data_patient_01")
+    truth = json.loads((root / "data_patient_01" / "probe_poses.json").read_text())
+    frames = torch.tensor(truth["frame_poses"], dtype=torch.float64)
+    target = torch.tensor(truth["target_pose"], dtype=torch.float64).expand(len(patient), 6)
+    degrees = torch.tensor([1, 1, 1] + [180 / np.pi] * 3, dtype=torch.float64)
+    at1, change, at2 = (torch.from_numpy(a).double() * degrees for a in (patient.at1, patient.change, patient.at2))
+    assert np.abs(patient.at1[:, 3:]).max() < np.pi  # radians as asked
+    torch.testing.assert_close(at1, se3.relative(frames[:-1], target), atol=1e-4, rtol=0)
+    torch.testing.assert_close(change, se3.relative(frames[:-1], frames[1:]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(se3.compose(change, at2), at1, atol=1e-4, rtol=0)
+    assert (at1 - (at2 - change)).abs().max() > 0.05  # and the additive reading does not hold for se3 labels
 
 
 def test_views_on_either_side_of_the_target_plane_differ():
@@ -134,9 +157,10 @@ def test_appearance_augmentation_is_seeded_train_only_and_keeps_the_anatomy_in_p
 
 
 def test_pre_training_check_passes_and_names_broken_entries(cohort, tmp_path):
-    results = run_checks(["data=cardiac_us", f"data.root={cohort}"])
+    results = run_checks(["experiment=cardiac_dreamer", "data=cardiac_us", f"data.root={cohort}"])
     assert all(ok for ok, _ in results), results
     assert any("8 patient folder" in m for _, m in results)
+    assert sum("additive holds; model.composition=additive matches" in m for _, m in results) == 8
     broken = tmp_path / "broken"
     shutil.copytree(cohort, broken)
     path = broken / "data_patient_02" / "transitions_dataset.json"
@@ -144,7 +168,8 @@ def test_pre_training_check_passes_and_names_broken_entries(cohort, tmp_path):
     rows[3]["at2_6dof"] = rows[3]["at2_6dof"][:5]
     path.write_text(json.dumps(rows))
     (broken / "data_patient_05" / "frames" / "frame_0001.png").write_bytes(b"not a png")
-    failed = [m for ok, m in run_checks(["data=cardiac_us", f"data.root={broken}"]) if not ok]
+    failed = [m for ok, m in run_checks(["experiment=cardiac_dreamer", "data=cardiac_us", f"data.root={broken}"])
+              if not ok]
     assert len(failed) == 2
     assert "data_patient_02" in failed[0] and "entry 3: at2_6dof must be 6 finite numbers" in failed[0]
     assert "data_patient_05" in failed[1] and "1 image(s) missing or unreadable" in failed[1]
@@ -219,7 +244,7 @@ def test_three_fold_cross_validation_multirun_writes_a_summary(cohort, tmp_path)
     assert {"mae_x_mm", "baseline_mae_x_mm", "main_task_loss"} <= set(table.columns)
     tested = [set(json.loads((tmp_path / "cv" / str(j) / "dataset_stats.json").read_text())["patients"]["test"])
               for j in range(3)]
-    assert set.union(*tested) == {p.name for p in cohort.iterdir()} and sum(map(len, tested)) == 8
+    assert set.union(*tested) == {p.name for p in _patients(cohort)} and sum(map(len, tested)) == 8
 
 
 def test_synthesizes_only_into_a_missing_or_empty_folder(tmp_path):

@@ -18,7 +18,8 @@ from bioexp.nets.dreamer import CardiacDreamer, sinusoidal_positions
 from bioexp.tasks.dreamer import CardiacDreamerTask
 
 TINY_NET = {"_target_": "bioexp.nets.dreamer.CardiacDreamer", "token_type": "channel", "d_model": 32,
-            "num_heads": 2, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0, "arch": "resnet18"}
+            "num_heads": 2, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0, "arch": "resnet18",
+            "pretrained": None}
 STATS = {"action_mean": [1.0, -2.0, 0.5, 3.0, 0.0, -1.0], "action_std": [5.0, 4.0, 3.0, 8.0, 6.0, 7.0],
          "change_mean": [0.0] * 6, "change_std": [2.0] * 6}
 
@@ -164,7 +165,7 @@ def test_sinusoidal_positions_are_distinct_and_bounded():
 @pytest.mark.parametrize(("token_type", "size", "cells"), [("channel", 64, 2), ("spatial", 96, 3)])
 def test_net_shapes(token_type, size, cells):
     torch.manual_seed(0)
-    config = {k: v for k, v in TINY_NET.items() if k != "_target_"}
+    config = {k: v for k, v in TINY_NET.items() if k != "_target_"}  # pretrained=None: no cache lookup
     net = CardiacDreamer(image_size=size, **{**config, "token_type": token_type}).eval()
     out = net(torch.rand(3, 1, size, size), torch.randn(3, 6))
     assert out["features_t1"].shape == out["features_t2"].shape == (3, 512, cells, cells)
@@ -190,6 +191,21 @@ def test_forward_composes_the_move_with_the_predicted_t2_action():
         out = task(batch["image_t1"], batch["action_change"])
     torch.testing.assert_close(out["action_t1"], se3.compose(batch["action_change"], out["action_t2"]))
     torch.testing.assert_close(task.normalize(task.denormalize(out["action_t2"])), out["action_t2"])
+
+
+def test_additive_composition_subtracts_the_move_as_the_public_labels_add_it():
+    """Public labels: at2 = at1 + move, so the model's a'_t1 is a'_t2 - move; main and t2 losses then coincide."""
+    task, batch = _task(composition="additive"), _batch()
+    batch["at1"] = batch["at2"] - batch["action_change"]
+    with torch.no_grad():
+        out = task(batch["image_t1"], batch["action_change"])
+    torch.testing.assert_close(out["action_t1"], out["action_t2"] - batch["action_change"])
+    logged = {}
+    task.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    task._step(batch, "val")
+    assert logged["val/main_task_loss"] == pytest.approx(logged["val/t2_action_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="model.composition"):
+        _task(composition="quaternion")
 
 
 def test_losses_latent_target_is_the_real_t2_frame_without_gradient(monkeypatch):

@@ -74,7 +74,7 @@ def _decode(read: Callable[[str], np.ndarray], shape: tuple[int, ...], errors: t
     return arr
 
 
-def _load_finished(npy: Path, meta_path: Path, key: str) -> ArrayCache | None:
+def _load_finished(npy: Path, meta_path: Path, key: str, dtype: np.dtype) -> ArrayCache | None:
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key or not meta.get("complete"):
@@ -82,15 +82,18 @@ def _load_finished(npy: Path, meta_path: Path, key: str) -> ArrayCache | None:
         arr = np.load(npy, mmap_mode="r")
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    if arr.shape != tuple(meta["shape"]) or npy.stat().st_size != meta["nbytes"]:
+    if arr.shape != tuple(meta["shape"]) or arr.dtype != dtype or npy.stat().st_size != meta["nbytes"]:
         return None
     return ArrayCache(npy, np.asarray(meta["valid"], dtype=bool), meta["errors"])
 
 
 def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: tuple[int, ...],
                  read: Callable[[str], np.ndarray], fingerprint: str = "", workers: int = 0,
-                 item_errors: tuple[type[BaseException], ...] = ()) -> ArrayCache:
+                 item_errors: tuple[type[BaseException], ...] = (),
+                 dtype: np.dtype | str = np.float32) -> ArrayCache:
     """Return the cache of ``read(item)`` for all ``items``, building it if absent, stale or partial.
+
+    ``dtype`` is the stored type (e.g. ``uint8`` for 8-bit frames: a quarter of float32's bytes).
 
     ``read`` must be picklable (a module-level function or ``functools.partial`` of one) when
     ``workers > 0``. Items whose ``read`` raises one of :data:`UNREADABLE` or ``item_errors`` (a
@@ -98,8 +101,8 @@ def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: 
     """
     key = hashlib.sha256(
         json.dumps([CACHE_FORMAT, list(shape), fingerprint, list(items)]).encode()).hexdigest()[:16]
-    cache_dir = Path(cache_dir)
-    found = _load_finished(cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json", key)
+    cache_dir, dtype = Path(cache_dir), np.dtype(dtype)
+    found = _load_finished(cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json", key, dtype)
     if found is not None:  # a finished cache is read even from a read-only folder
         return found
     cache_dir = writable_cache_dir(cache_dir)
@@ -111,13 +114,13 @@ def cached_stack(cache_dir: str | Path, name: str, items: Sequence[str], shape: 
         log.info("Another run is building %s; waiting for it to finish, then reusing it", npy)
         lock.acquire()
     try:
-        found = _load_finished(npy, meta_path, key)  # built by the run this one waited for
+        found = _load_finished(npy, meta_path, key, dtype)  # built by the run this one waited for
         if found is not None:
             return found
         for stale in cache_dir.glob(f"{name}-{key}.tmp*"):  # left by a killed build (we hold the lock)
             stale.unlink(missing_ok=True)
-        return _build(npy, meta_path, key, items, shape, _map_decode(read, shape, items, workers,
-                                                                    (*UNREADABLE, *item_errors)))
+        return _build(npy, meta_path, key, items, shape, dtype,
+                      _map_decode(read, shape, items, workers, (*UNREADABLE, *item_errors)))
     finally:
         lock.release()
 
@@ -139,7 +142,7 @@ def writable_cache_dir(cache_dir: Path) -> Path:
     return fallback
 
 
-def _build(npy: Path, meta_path: Path, key: str, items: Sequence[str], shape: tuple[int, ...],
+def _build(npy: Path, meta_path: Path, key: str, items: Sequence[str], shape: tuple[int, ...], dtype: np.dtype,
            results: Iterator[np.ndarray | str]) -> ArrayCache:
     """Write the stack under temporary names, then publish it (array first, metadata last)."""
     name = npy.name.removesuffix(".npy")
@@ -154,7 +157,7 @@ def _build(npy: Path, meta_path: Path, key: str, items: Sequence[str], shape: tu
     valid = np.zeros(len(items), dtype=bool)
     errors: dict[str, str] = {}
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(items), *shape))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), *shape))
         for i, (item, res) in enumerate(zip(items, results, strict=True)):
             if isinstance(res, str):
                 errors[item] = res
@@ -171,7 +174,7 @@ def _build(npy: Path, meta_path: Path, key: str, items: Sequence[str], shape: tu
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        gib = 4 * len(items) * int(np.prod(shape)) / 2**30
+        gib = dtype.itemsize * len(items) * int(np.prod(shape)) / 2**30
         raise BioexpError(f"no space left on the device of {npy.parent} while writing a {gib:.1f} GiB cache "
                           "(the partial file is removed); free space there or set data.cache_dir to a disk "
                           "with room") from None

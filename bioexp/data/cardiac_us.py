@@ -3,11 +3,21 @@
 ``<root>/<patient>/transitions_dataset.json`` is a list of transitions: ``ft1_image_path`` and
 ``ft2_image_path`` (relative to the patient folder; Windows backslashes accepted), ``at1_6dof`` (the
 action from frame t1 to the target view), ``action_change_6dof`` (the probe's move from t1 to t2) and
-``at2_6dof`` (t2 to the target), each ``[x, y, z, roll, pitch, yaw]`` in mm and degrees; frame ids are
-optional. Images are grayscale PNGs, resized to ``image_size``.
+``at2_6dof`` (t2 to the target), each ``[x, y, z, roll, pitch, yaw]`` in mm and ``angle_unit``
+(degrees as the public data, or radians as the published docs say; radians are converted to degrees
+on reading); frame ids are optional. Images are grayscale PNGs, resized to ``image_size`` and decoded
+once into a uint8 memmap (:mod:`bioexp.data.cache`); frames that are missing or unreadable are found
+then, their transitions skipped and counted, and more than ``max_missing_frac`` of them fails the run
+before training.
 
-Splits are by patient, never by sample: automatic 70/15/15 (seeded; balanced by sample count from
-6 patients on), manual lists, or fold ``fold`` of a ``num_folds`` patient cross-validation. Action
+The labels follow one of two conventions (``se3``: ``T(at1) = T(move) T(at2)`` as rigid transforms,
+the published model's; ``additive``: ``at2 = at1 + move`` as 6-vectors, the public data's, where
+``at`` acts like the probe's offset from the target); :func:`label_convention` measures which one,
+and ``check()`` compares it and the rotation unit with the configuration.
+
+Splits are by patient, never by sample: automatic 70/15/15 (seeded by ``split_seed`` alone, so
+runs with different ``seed`` keep their test patients; balanced by sample count from 6 patients on),
+manual lists, or fold ``fold`` of a ``num_folds`` patient cross-validation. Action
 normalisation statistics come from the training patients only; they reach the model through
 ``dims`` (so they are saved in its checkpoint) and ``statistics()`` (``dataset_stats.json``).
 """
@@ -20,18 +30,19 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from bioexp import se3
 from bioexp.data.base import SplitDataModule
+from bioexp.data.cache import ArrayCache, cached_stack, file_fingerprint
 from bioexp.data.sampling import item_rng
 from bioexp.errors import BioexpError, DataNotFoundError
 
@@ -42,6 +53,11 @@ PATH_KEYS = ("ft1_image_path", "ft2_image_path")
 VECTOR_KEYS = ("at1_6dof", "action_change_6dof", "at2_6dof")
 SPLITS = ("train", "val", "test")
 BALANCED_FROM = 6  # patients; fewer are split by patient count
+COMPOSITIONS = ("se3", "additive")
+ANGLE_UNITS = ("deg", "rad")
+# A convention "holds" when its median gap is below both (labels are written to ~6 decimals; a tracker's
+# exact arithmetic leaves 1e-12). Real inconsistencies are millimetres (the issue measured 1.22 mm).
+HOLDS_MM, HOLDS_DEG = 1e-3, 1e-3
 SYNTH_HINT = ("write a synthetic one with `python -m bioexp.data.synth cardiac_us --out {root}` "
               "or use `data=cardiac_us_synth`")
 
@@ -234,26 +250,35 @@ def augment_appearance(x: torch.Tensor, rng: np.random.Generator, gain: float = 
 class TransitionDataset(Dataset):
     """``(frame t1, frame t2, actions)`` items in physical units; the task normalises with saved stats.
 
-    Decoded images are kept (uint8) because consecutive transitions share frames.
+    Frames are rows of the uint8 memmap at ``path`` (opened lazily, once per loader worker); ``rows``
+    gives each patient's ``(t1 row, t2 row)`` per transition.
     """
 
-    def __init__(self, patients: Sequence[Patient], image_size: int, augment: dict[str, float] | None = None) -> None:
-        self.image_size, self.augment = image_size, augment
-        self.index = [(p, i) for p in patients for i in range(len(p))]
-        self._images: dict[Path, np.ndarray] = {}
+    def __init__(self, path: str | Path, patients: Sequence[Patient], rows: dict[str, np.ndarray],
+                 augment: dict[str, float] | None = None) -> None:
+        self.path, self.augment = Path(path), augment
+        self.patients = list(patients)
+        self.rows = rows
+        self.index = [(k, i) for k, p in enumerate(self.patients) for i in range(len(p))]
+        self._frames: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def _image(self, path: Path) -> torch.Tensor:
-        if path not in self._images:
-            self._images[path] = load_image(path, self.image_size)
-        return torch.from_numpy(self._images[path]).float().div(255.0).unsqueeze(0)
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_frames": None}
+
+    def _pair(self, rows: np.ndarray) -> torch.Tensor:
+        """Frames t1 and t2 as ``(2, 1, S, S)`` floats in [0, 1]: one memmap read, one conversion."""
+        if self._frames is None:
+            self._frames = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(self._frames[rows]).unsqueeze(1).to(torch.float32).div_(255.0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, item_seed = item if isinstance(item, tuple) else (item, None)  # EpochSampler: (index, item seed)
-        patient, i = self.index[index]
-        t1, t2 = self._image(patient.image_t1[i]), self._image(patient.image_t2[i])
+        k, i = self.index[index]
+        patient = self.patients[k]
+        t1, t2 = self._pair(self.rows[patient.name][i])
         if self.augment:
             rng = item_rng(item_seed)
             t1, t2 = (augment_appearance(t, rng, **self.augment) for t in (t1, t2))
@@ -273,19 +298,28 @@ class CardiacUSDataModule(SplitDataModule):
                  persistent_workers: bool = True, pin_memory: bool = False,
                  split_ratios: Sequence[float] = (0.7, 0.15, 0.15), train_patients: Sequence[str] | None = None,
                  val_patients: Sequence[str] | None = None, test_patients: Sequence[str] | None = None,
-                 fold: int | None = None, num_folds: int = 5, seed: int = 0, synthesize: dict | None = None,
+                 fold: int | None = None, num_folds: int = 5, seed: int = 0, split_seed: int = 0,
+                 angle_unit: str = "deg", max_missing_frac: float = 0.05, cache_dir: str | None = None,
+                 decode_workers: int = 2, synthesize: dict | None = None,
                  augment: dict[str, float] | None = None) -> None:
         super().__init__()
         unknown = set(augment or {}) - set(inspect.signature(augment_appearance).parameters) - {"x", "rng"}
         if unknown:
             raise BioexpError(f"unknown data.augment keys {sorted(unknown)}; choose from gain, gamma, blur, noise")
+        if angle_unit not in ANGLE_UNITS:
+            raise BioexpError(f"data.angle_unit must be one of {', '.join(ANGLE_UNITS)}, got {angle_unit!r}")
         self.save_hyperparameters()
-        self.root = Path(root)
+        self.root = Path(root).expanduser().resolve()  # one spelling: the cache key hashes the frame paths
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".bioexp_cache"
+        self._labelled: dict[str, Patient] | None = None
         self._patients: dict[str, Patient] | None = None
+        self.frame_rows: dict[str, np.ndarray] = {}
+        self._cache: ArrayCache | None = None
         self._split: dict[str, list[str]] | None = None
+        self.skipped: dict[str, str] = {}
         self.datasets: dict[str, TransitionDataset] = {}
 
-    # -- patients and splits (JSON only, no images) --------------------------------------------
+    # -- patients and splits ------------------------------------------------------------------
     def _ensure_root(self) -> None:
         empty = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
         if not empty or not self.hparams.synthesize:  # never write over a folder that holds anything
@@ -296,28 +330,78 @@ class CardiacUSDataModule(SplitDataModule):
         generate_cardiac_us(self.root, **self.hparams.synthesize, overwrite=self.root.exists())
 
     @property
-    def patients(self) -> dict[str, Patient]:
-        if self._patients is None:
+    def labelled(self) -> dict[str, Patient]:
+        """Every patient's transitions as the JSON lists them (rotations in degrees); no image is read."""
+        if self._labelled is None:
             self._ensure_root()
-            self._patients = {name: read_patient(self.root / name) for name in find_patients(self.root)}
+            self._labelled = {name: in_degrees(read_patient(self.root / name), self.hparams.angle_unit)
+                              for name in find_patients(self.root)}
+        return self._labelled
+
+    @property
+    def patients(self) -> dict[str, Patient]:
+        """The usable transitions: those whose two frames decoded (see :meth:`frame_cache`)."""
+        if self._patients is None:
+            self.frame_cache()
+        assert self._patients is not None
         return self._patients
+
+    def frame_cache(self) -> ArrayCache:
+        """Decode every frame once into the uint8 memmap; drop (and count) transitions with a bad frame."""
+        if self._cache is not None:
+            return self._cache
+        hp = self.hparams
+        labelled = self.labelled
+        frames = list(dict.fromkeys(p for patient in labelled.values()
+                                    for p in (*patient.image_t1, *patient.image_t2)))
+        items = [str(p) for p in frames]
+        cache = cached_stack(self.cache_dir, f"cardiac-{hp.image_size}px-u8", items, (hp.image_size, hp.image_size),
+                             partial(decode_frame, hp.image_size), file_fingerprint(frames), hp.decode_workers,
+                             dtype=np.uint8)
+        row_of = {p: i for i, p in enumerate(frames)}
+        patients, self.frame_rows, dropped = {}, {}, 0
+        for name, patient in labelled.items():
+            rows = np.array([[row_of[a], row_of[b]] for a, b in zip(patient.image_t1, patient.image_t2, strict=True)])
+            keep = cache.valid[rows].all(axis=1)
+            dropped += int((~keep).sum())
+            if keep.any():
+                patients[name] = _subset(patient, keep)
+                self.frame_rows[name] = rows[keep]
+        total = sum(len(p) for p in labelled.values())
+        self.skipped = dict(cache.errors)
+        if dropped:
+            examples = "; ".join(list(cache.errors.values())[:2])
+            empty = sorted(set(labelled) - set(patients))
+            log.warning("Cardiac: %d of %d frames missing or unreadable: skipping %d of %d transitions%s (%s)",
+                        len(cache.errors), len(frames), dropped, total,
+                        f", and patients {', '.join(empty)} entirely" if empty else "", examples)
+        if dropped > hp.max_missing_frac * total:
+            raise BioexpError(f"{dropped} of {total} transitions ({dropped / total:.1%}) have a missing or unreadable "
+                              f"frame, more than data.max_missing_frac={hp.max_missing_frac}; e.g. "
+                              f"{next(iter(cache.errors.values()))}; fix the frames or raise data.max_missing_frac")
+        self._patients, self._cache = patients, cache
+        return cache
+
+    def split_of(self, counts: dict[str, int]) -> dict[str, list[str]]:
+        """Patient names per split for these patients, by the mode the config chose (manual, fold, auto)."""
+        hp = self.hparams
+        manual = {s: getattr(hp, f"{s}_patients") for s in SPLITS}
+        if any(manual.values()):
+            if hp.fold is not None:
+                raise BioexpError("give either manual patient lists or data.fold, not both")
+            split = manual_split(sorted(counts), manual)
+        elif hp.fold is not None:
+            split = kfold_split(counts, hp.num_folds, hp.fold, hp.split_ratios, hp.split_seed)
+        else:
+            split = auto_split(counts, hp.split_ratios, hp.split_seed)
+        check_disjoint(split)
+        return split
 
     @property
     def split(self) -> dict[str, list[str]]:
-        """Patient names per split, by the mode the config chose (manual lists, fold, or automatic)."""
+        """Patient names per split (of the usable transitions)."""
         if self._split is None:
-            hp = self.hparams
-            counts = {name: len(p) for name, p in self.patients.items()}
-            manual = {s: getattr(hp, f"{s}_patients") for s in SPLITS}
-            if any(manual.values()):
-                if hp.fold is not None:
-                    raise BioexpError("give either manual patient lists or data.fold, not both")
-                self._split = manual_split(sorted(counts), manual)
-            elif hp.fold is not None:
-                self._split = kfold_split(counts, hp.num_folds, hp.fold, hp.split_ratios, hp.seed)
-            else:
-                self._split = auto_split(counts, hp.split_ratios, hp.seed)
-            check_disjoint(self._split)
+            self._split = self.split_of({name: len(p) for name, p in self.patients.items()})
         return self._split
 
     @property
@@ -337,11 +421,12 @@ class CardiacUSDataModule(SplitDataModule):
         overlap = sorted(set.union(*[a & b for i, a in enumerate(members) for b in members[i + 1:]]))
         hp = self.hparams
         mode = "manual" if hp.train_patients else f"fold {hp.fold} of {hp.num_folds}" if hp.fold is not None else "auto"
-        return {"root": str(self.root), "mode": mode, "seed": hp.seed, "patients": split,
+        return {"root": str(self.root), "mode": mode, "split_seed": hp.split_seed, "patients": split,
                 "samples": samples, "sample_ratios": {s: round(n / total, 4) for s, n in samples.items()},
                 "samples_per_patient": {n: len(p) for n, p in self.patients.items()},
                 "patient_overlap": overlap, "no_patient_leakage": not overlap, "action_stats": self.action_stats,
-                "image_size": hp.image_size}
+                "image_size": hp.image_size, "angle_unit_in_files": hp.angle_unit,
+                "skipped_frames": self.skipped}
 
     def preview(self, stage: str, count: int = 3) -> list[tuple[str, np.ndarray]]:
         """``count`` t1 frames of ``stage`` (one per patient first, spread over each patient) for the figure."""
@@ -353,42 +438,43 @@ class CardiacUSDataModule(SplitDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        self._ensure_root()
+        self.frame_cache()  # missing frames are counted, and too many fail, here: before any training
 
     def setup(self, stage: str | None = None) -> None:
-        size = self.hparams.image_size
-        self.datasets = {s: TransitionDataset([self.patients[n] for n in names], size,
+        path = self.frame_cache().path
+        self.datasets = {s: TransitionDataset(path, [self.patients[n] for n in names], self.frame_rows,
                                               self.hparams.augment if s == "train" else None)
                          for s, names in self.split.items()}
 
-
     # -- pre-training check -------------------------------------------------------------------
-    def check(self) -> list[tuple[bool, str]]:
-        """The training guide's pre-training checklist, as ``(passed, message)`` lines."""
+    def check(self, composition: str | None = None) -> list[tuple[bool, str]]:
+        """The training guide's pre-training checklist, as ``(passed, message)`` lines; reads, never writes.
+
+        Per patient: the JSON, every frame, which label convention the actions follow (compared with
+        ``composition``, the model's, when given) and the rotation unit (compared with ``data.angle_unit``).
+        """
+        hp = self.hparams
         results: list[tuple[bool, str]] = []
         if not self.root.is_dir():
             return [(False, f"data directory {self.root} does not exist; " + SYNTH_HINT.format(root=self.root))]
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         results.append((bool(folders), f"data directory {self.root} has {len(folders)} patient folder(s)"))
-        patients = []
+        counts = {}
         for folder in folders:
             try:
                 patient = read_patient(folder)
             except BioexpError as exc:
                 results.append((False, str(exc)))
                 continue
+            counts[folder.name] = len(patient)
             broken = [str(p) for p in dict.fromkeys(patient.image_t1 + patient.image_t2) if not _readable(p)]
             results.append((not broken, f"{folder.name}: {len(patient)} transitions, 6-DOF vectors valid, "
                             + (f"{len(broken)} image(s) missing or unreadable, e.g. {broken[0]}" if broken
                                else "all images readable")))
-            patients.append(patient)
-        if patients:
-            composed = np.concatenate([_composition_error(p) for p in patients])
-            results.append((True, f"at1 vs action_change then at2 (ZYX, 4x4): median translation gap "
-                            f"{np.median(composed):.3g} mm (0 when actions are exact)"))
-        if len(patients) == len(folders):  # the split needs every folder readable
+            results += _convention_lines(patient, composition, hp.angle_unit)
+        if len(counts) == len(folders):  # the split needs every folder readable
             try:
-                split = self.split
+                split = self.split_of(counts)
                 results.append((True, "patient split: " + "; ".join(f"{s} {', '.join(n)}" for s, n in split.items())))
             except BioexpError as exc:
                 results.append((False, f"patient split: {exc}"))
@@ -397,6 +483,39 @@ class CardiacUSDataModule(SplitDataModule):
         gpu = torch.cuda.is_available()
         results.append((True, f"GPU: {torch.cuda.get_device_name(0)}" if gpu else "GPU: none, training runs on CPU"))
         return results
+
+
+def _convention_lines(patient: Patient, composition: str | None, angle_unit: str) -> list[tuple[bool, str]]:
+    """The check's label-convention and rotation-unit lines for one patient (raw JSON values)."""
+    unit, largest = angle_unit_of(patient)
+    unit_ok = unit == angle_unit
+    lines = [(unit_ok, f"{patient.name}: rotations up to {largest:.3g} in magnitude: {unit} (radians stay within "
+              f"+-pi); data.angle_unit={angle_unit}" + ("" if unit_ok else f": set data.angle_unit={unit}"))]
+    holds, gaps = label_convention(in_degrees(patient, unit))
+    measured = ", ".join(f"{c} {mm:.3g} mm / {deg:.3g} deg" for c, (mm, deg) in gaps.items())
+    message = (f"{patient.name}: labels vs se3 (T(at1) = T(move) T(at2)) and additive (at2 = at1 + move), "
+               f"median gap {measured}: ")
+    if not holds:
+        return [*lines, (False, message + "neither holds (labels inconsistent); check how at1, action_change "
+                         "and at2 were computed")]
+    message += " and ".join(holds) + (" holds" if len(holds) == 1 else " hold (moves without rotation)")
+    if composition is None:
+        return [*lines, (True, message)]
+    if composition in holds:
+        return [*lines, (True, message + f"; model.composition={composition} matches")]
+    return [*lines, (False, message + f"; model.composition={composition} does not: set model.composition={holds[0]}")]
+
+
+def decode_frame(size: int, path: str) -> np.ndarray:
+    """One frame for the cache: ``size`` x ``size`` uint8 (picklable with :func:`functools.partial`)."""
+    return load_image(Path(path), size)
+
+
+def _subset(patient: Patient, keep: np.ndarray) -> Patient:
+    """The transitions of ``patient`` where ``keep`` is true."""
+    pick = np.flatnonzero(keep)
+    return replace(patient, image_t1=[patient.image_t1[i] for i in pick], image_t2=[patient.image_t2[i] for i in pick],
+                   at1=patient.at1[keep], change=patient.change[keep], at2=patient.at2[keep])
 
 
 def _readable(path: Path) -> bool:
@@ -408,7 +527,43 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _composition_error(patient: Patient) -> np.ndarray:
-    """Translation gap (mm) between ``at1`` and ``action_change`` composed with ``at2``."""
-    composed = se3.compose(torch.from_numpy(patient.change).double(), torch.from_numpy(patient.at2).double())
-    return (composed[:, :3] - torch.from_numpy(patient.at1).double()[:, :3]).norm(dim=1).numpy()
+def in_degrees(patient: Patient, angle_unit: str) -> Patient:
+    """``patient`` with its rotations in degrees (converted from radians when ``angle_unit`` is ``rad``)."""
+    if angle_unit == "deg":
+        return patient
+    scale = np.array([1, 1, 1] + [180 / np.pi] * 3, dtype=np.float32)
+    return replace(patient, at1=patient.at1 * scale, change=patient.change * scale, at2=patient.at2 * scale)
+
+
+def composition_gaps(patient: Patient, composition: str) -> tuple[float, float]:
+    """Median translation (mm) and rotation (degrees) gap between ``at1`` and ``at1`` rebuilt from ``move``, ``at2``.
+
+    ``patient`` in degrees. ``additive``: ``at2 - move`` as 6-vectors (largest angle difference);
+    ``se3``: ``T(move) T(at2)`` as 4x4 transforms (geodesic angle).
+    """
+    change, at2, at1 = (torch.from_numpy(a).double() for a in (patient.change, patient.at2, patient.at1))
+    if composition == "additive":
+        composed = at2 - change
+        rotation = (composed[:, 3:] - at1[:, 3:]).abs().amax(dim=1)
+    else:
+        composed = se3.compose(change, at2)
+        rotation = se3.rotation_angle_deg(composed, at1)
+    translation = (composed[:, :3] - at1[:, :3]).norm(dim=1)
+    return float(translation.median()), float(rotation.median())
+
+
+def label_convention(patient: Patient) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """The compositions that ``patient``'s labels (in degrees) follow, and each one's gaps."""
+    gaps = {c: composition_gaps(patient, c) for c in COMPOSITIONS}
+    return [c for c, (mm, deg) in gaps.items() if mm < HOLDS_MM and deg < HOLDS_DEG], gaps
+
+
+def angle_unit_of(patient: Patient) -> tuple[str, float]:
+    """``deg`` or ``rad`` as the raw rotations say, and their largest magnitude.
+
+    Euler angles in radians stay within +-pi; any larger one is degrees. The converse is a judgement:
+    a cohort whose every rotation (to the target and per move) is under 3.14 degrees would be
+    implausible for probe guidance, so all-within-pi is read as radians.
+    """
+    largest = float(max(np.abs(a[:, 3:]).max() for a in (patient.at1, patient.change, patient.at2)))
+    return ("deg" if largest > math.pi + 1e-6 else "rad"), largest

@@ -1,11 +1,14 @@
 """``python -m bioexp.data.check data=cardiac_us [data.root=...]``: the pre-training checklist of a data set.
 
 Composes the same config as ``bioexp.train`` (any override works), builds the datamodule and prints its
-``check()`` results, one line each; exits 1 when an item fails. Writes nothing.
+``check()`` results, one line each; exits 1 when an item fails. Writes nothing. A datamodule whose
+``check`` takes ``composition`` gets the model's (``model.composition``), so it can say whether the
+model composes actions the way the data's labels do.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +20,7 @@ def run_checks(overrides: Sequence[str]) -> list[tuple[bool, str]]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     import bioexp.utils.resolvers  # noqa: F401
     from bioexp.train import CONF_DIR
@@ -31,6 +34,9 @@ def run_checks(overrides: Sequence[str]) -> list[tuple[bool, str]]:
     datamodule = instantiate(cfg.data, _convert_="all")
     if not hasattr(datamodule, "check"):
         raise BioexpError(f"{type(datamodule).__name__} has no pre-training check")
+    composition = OmegaConf.select(cfg, "model.composition")
+    if composition is not None and "composition" in inspect.signature(datamodule.check).parameters:
+        return datamodule.check(composition=composition)
     return datamodule.check()
 
 

@@ -8,14 +8,18 @@ guidance head reads the predicted features and outputs the action from t2 to the
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
 from bioexp.errors import DataNotFoundError
+
+log = logging.getLogger(__name__)
 
 FEATURES = 512  # channels of resnet18/34's last stage
 TOKEN_TYPES = ("channel", "spatial")
@@ -31,28 +35,61 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    """torchvision's ImageNet weights of ``arch`` (the published system's starting point)."""
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def imagenet_cache_path(arch: str) -> Path:
+    """Where torchvision keeps ``arch``'s ImageNet weights once downloaded: ``$TORCH_HOME/hub/checkpoints/``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(imagenet_weights(arch).url).path).name
+
+
+def backbone_state(arch: str, pretrained: str | None, download: bool) -> dict[str, torch.Tensor] | None:
+    """The RGB state dict to start ``arch`` from, or None to train from scratch.
+
+    ``pretrained``: ``imagenet`` (torchvision's local cache, used when present; downloaded only when
+    ``download``; absent: one WARNING and training from scratch), a path to a local state dict, or None.
+    """
+    if not pretrained:
+        return None
+    if pretrained != "imagenet":
+        path = Path(pretrained)
+        if not path.is_file():
+            raise DataNotFoundError(f"pretrained backbone weights {path} not found; give a local torchvision "
+                                    f"{arch} state dict, model.net.pretrained=imagenet or null")
+        log.info("Backbone %s starts from %s", arch, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    path = imagenet_cache_path(arch)
+    if path.is_file():
+        log.info("Backbone %s starts from ImageNet weights %s", arch, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if download:
+        return imagenet_weights(arch).get_state_dict(progress=True)
+    log.warning("No ImageNet %s weights at %s: the backbone trains FROM SCRATCH, unlike the published system "
+                "(put torchvision's file there, set model.net.pretrained=<state dict> or model.net.download=true; "
+                "model.net.pretrained=null silences this)", arch, path)
+    return None
+
+
 class ImageBackbone(nn.Module):
     """torchvision ResNet (``resnet34`` or ``resnet18``) on 1-channel images, without pool and classifier.
 
-    ``pretrained`` is a local torchvision state dict of the RGB model: its first conv's weights are
-    averaged over the colour channels. Nothing is downloaded.
+    Starts from ``pretrained`` (see :func:`backbone_state`): the RGB model's first conv is averaged
+    over the colour channels. Nothing is downloaded unless ``download``.
     """
 
-    def __init__(self, arch: str = "resnet34", pretrained: str | None = None) -> None:
+    def __init__(self, arch: str = "resnet34", pretrained: str | None = "imagenet", download: bool = False) -> None:
         super().__init__()
         if arch not in ("resnet18", "resnet34"):
             raise ValueError(f"backbone arch must be resnet18 or resnet34, got {arch!r}")
         resnet = getattr(torchvision.models, arch)(weights=None)
-        if pretrained:
-            path = Path(pretrained)
-            if not path.is_file():
-                raise DataNotFoundError(f"pretrained backbone weights {path} not found; give a local torchvision "
-                                        f"{arch} state dict or set model.net.pretrained=null")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = backbone_state(arch, pretrained, download)
+        if state is not None:
             resnet.load_state_dict(state)
         rgb = resnet.conv1.weight.detach()
         resnet.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if pretrained:
+        if state is not None:
             with torch.no_grad():
                 resnet.conv1.weight.copy_(rgb.mean(dim=1, keepdim=True))
         self.body = nn.Sequential(*list(resnet.children())[:-2])
@@ -69,13 +106,13 @@ class CardiacDreamer(nn.Module):
 
     def __init__(self, image_size: int = 224, token_type: str = "channel", d_model: int = 768, num_heads: int = 12,
                  num_layers: int = 6, dim_feedforward: int = 3072, dropout: float = 0.1, arch: str = "resnet34",
-                 pretrained: str | None = None, action_hidden: tuple[int, int] = (64, 256),
-                 head_hidden: tuple[int, int] = (1024, 512)) -> None:
+                 pretrained: str | None = "imagenet", download: bool = False,
+                 action_hidden: tuple[int, int] = (64, 256), head_hidden: tuple[int, int] = (1024, 512)) -> None:
         super().__init__()
         if token_type not in TOKEN_TYPES:
             raise ValueError(f"token_type must be one of {TOKEN_TYPES}, got {token_type!r}")
         self.token_type = token_type
-        self.backbone = ImageBackbone(arch, pretrained)
+        self.backbone = ImageBackbone(arch, pretrained, download)
         self.side = math.ceil(image_size / 32)  # the ResNet's output grid (7 at 224 px)
         cells = self.side * self.side
         token_dim, n_tokens = (cells, FEATURES) if token_type == "channel" else (FEATURES, cells)

@@ -1,8 +1,11 @@
 """Cardiac Dreamer's objective: guidance to the target view through a dreamed next frame.
 
 The net dreams the features of frame t2 from frame t1 and the probe's move, and its guidance head
-reads them as the action from t2 to the target, a'_t2. Composing the move with a'_t2 as 4x4 rigid
-transforms gives a'_t1, the action from t1 to the target, which is the main task:
+reads them as the action from t2 to the target, a'_t2. Composing the move with a'_t2 gives a'_t1,
+the action from t1 to the target, which is the main task. ``composition`` says how: ``se3`` (the
+published model) as 4x4 rigid transforms (``T(a'_t1) = T(move) T(a'_t2)``), ``additive`` as
+6-vectors (``a'_t1 = a'_t2 - move``: the public data are labelled ``at2 = at1 + move``;
+``python -m bioexp.data.check`` measures which one a data set follows):
 
 ``L = SmoothL1(a'_t1, a_t1) + lambda_t2_action * SmoothL1(a'_t2, a_t2) + lambda_latent * MSE(f'_t2, sg(f_t2))``
 
@@ -22,7 +25,29 @@ from bioexp import se3
 from bioexp.tasks.base import Task, build
 
 AXES = ("x_mm", "y_mm", "z_mm", "roll_deg", "pitch_deg", "yaw_deg")
+COMPOSITIONS = ("se3", "additive")
 Batch = dict[str, Any]
+
+
+def action_t1_from(move: torch.Tensor, action_t2: torch.Tensor, composition: str) -> torch.Tensor:
+    """The t1 label implied by the probe's ``move`` and the t2 label (6-DOF, mm and degrees).
+
+    ``se3``: ``T(a_t1) = T(move) T(a_t2)`` (action to the target, the published model); ``additive``:
+    ``a_t1 = a_t2 - move`` (the public data, labelled ``at2 = at1 + move``).
+    """
+    return se3.compose(move, action_t2) if composition == "se3" else action_t2 - move
+
+
+def guidance_errors(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean translation (mm) and geodesic rotation (degrees) error, in float32 with autocast off.
+
+    Under bf16/fp16 autocast the rotation matrices' products would lose about a degree on a few-degree
+    error; these are reported figures, so they are computed at full precision whatever the trainer's.
+    """
+    with torch.autocast(device_type=predicted.device.type, enabled=False):
+        predicted, target = predicted.float(), target.float()
+        return {"guidance_trans_mm": (predicted[:, :3] - target[:, :3]).norm(dim=1).mean(),
+                "guidance_rot_deg": se3.rotation_angle_deg(predicted, target).mean()}
 
 
 class CardiacDreamerTask(Task):
@@ -30,7 +55,10 @@ class CardiacDreamerTask(Task):
 
     def __init__(self, net: dict[str, Any], optimizer: dict[str, Any], action_stats: dict[str, list[float]],
                  image_size: int, scheduler: dict[str, Any] | None = None, smooth_l1_beta: float = 1.0,
-                 lambda_t2_action: float = 1.0, lambda_latent: float = 0.2, primary_task_only: bool = False) -> None:
+                 lambda_t2_action: float = 1.0, lambda_latent: float = 0.2, primary_task_only: bool = False,
+                 composition: str = "se3") -> None:
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"model.composition must be one of {COMPOSITIONS}, got {composition!r}")
         scheduler = dict(scheduler) if scheduler else None
         self.scheduler_monitor = scheduler.pop("monitor", None) if scheduler else None  # ReduceLROnPlateau
         super().__init__(optimizer, scheduler)
@@ -58,7 +86,7 @@ class CardiacDreamerTask(Task):
         out = self.net(image_t1, (action_change - self.change_mean) / self.change_std)
         with torch.autocast(device_type=image_t1.device.type, enabled=False):  # rotations need float32
             action_t2 = self.denormalize(out["action_t2"].float())
-            action_t1 = se3.compose(action_change.float(), action_t2)
+            action_t1 = action_t1_from(action_change.float(), action_t2, self.hparams.composition)
         return {**out, "action_t2": action_t2, "action_t1": action_t1, "action_t2_norm": out["action_t2"]}
 
     def _step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +98,9 @@ class CardiacDreamerTask(Task):
             target = self.net.encode(batch["image_t2"])
         latent = F.mse_loss(out["features_t2"].float(), target.float())
         total = main if hp.primary_task_only else main + hp.lambda_t2_action * aux + hp.lambda_latent * latent
-        errors = (out["action_t1"] - batch["at1"]).abs().detach()
+        errors = (out["action_t1"].float() - batch["at1"].float()).abs().detach()
         values = {"loss": total, "main_task_loss": main, "t2_action_loss": aux, "latent_loss": latent,
-                  "guidance_trans_mm": (out["action_t1"][:, :3] - batch["at1"][:, :3]).norm(dim=1).mean(),
-                  "guidance_rot_deg": se3.rotation_angle_deg(out["action_t1"], batch["at1"]).mean(),
+                  **guidance_errors(out["action_t1"].detach(), batch["at1"]),
                   **{f"mae_{axis}": errors[:, i].mean() for i, axis in enumerate(AXES)}}
         size = len(batch["at1"])
         for name, value in values.items():

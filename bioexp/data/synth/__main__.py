@@ -22,8 +22,10 @@ def _ptbxl(args: argparse.Namespace) -> str:
 def _cardiac_us(args: argparse.Namespace) -> str:
     from bioexp.data.synth.cardiac_us import generate_cardiac_us  # imports torch: only when asked for
 
-    path = generate_cardiac_us(args.out, args.patients, args.transitions, args.size, args.seed, args.overwrite)
-    return f"wrote {args.patients} synthetic cardiac ultrasound patients ({args.size} px frames) to {path}"
+    path = generate_cardiac_us(args.out, args.patients, args.transitions, args.size, args.seed, args.overwrite,
+                               args.composition, args.angle_unit)
+    return (f"wrote {args.patients} synthetic cardiac ultrasound patients ({args.size} px frames, {args.composition} "
+            f"labels in {args.angle_unit}) to {path}")
 
 
 def _csi(args: argparse.Namespace) -> str:
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     cardiac.add_argument("--patients", type=_positive, default=24, help="patients, one folder each (default 24)")
     cardiac.add_argument("--transitions", type=_positive, default=40, help="mean transitions per patient (default 40)")
     cardiac.add_argument("--size", type=_positive, default=224, help="frame size in pixels (default 224)")
+    cardiac.add_argument("--composition", choices=("additive", "se3"), default="additive",
+                         help="label convention: additive 6-vectors as the public data (default) or se3 transforms")
+    cardiac.add_argument("--angle-unit", choices=("deg", "rad"), default="deg", help="rotation unit (default deg)")
     csi = _generator(commands, "csi", "synthetic chest X-rays with per-zone congestion scores (CSI-Predictor)", _csi)
     csi.add_argument("--images", type=_positive, default=600, help="number of images (default 600)")
     csi.add_argument("--size", type=_positive, default=256, help="image size in pixels (default 256)")

@@ -2,13 +2,23 @@
 
 Per patient: a 3-D echogenic heart (four chambers and the aortic root as ellipsoidal myocardial shells
 around dark blood pools, placed front to back as in a real heart; a bright pericardium; tissue with a
-fixed scatterer texture) with its own position, orientation and size; a target standard view (an apical view through the chambers' long axes); and a
-random-walk probe trajectory around it. Each frame is a 2-D slice of the volume in the probe's
-image plane (lateral x, depth z) inside a 70-degree fan, with depth attenuation, fresh speckle and log
-compression. Transitions carry the exact actions (ZYX Euler, mm and degrees):
-``at1 = relative(pose_t1, target)``, ``action_change = relative(pose_t1, pose_t2)``,
-``at2 = relative(pose_t2, target)``, so ``at1 == compose(action_change, at2)``.
-``probe_poses.json`` keeps every frame's world pose and the target pose as ground truth.
+fixed scatterer texture) with its own position, orientation and size; a target standard view (an
+apical view through the chambers' long axes); and a random-walk probe trajectory around it. Each
+frame is a 2-D slice of the volume in the probe's image plane (lateral x, depth z) inside a 70-degree
+fan, with depth attenuation, fresh speckle and log compression. Transitions carry exact actions in one
+of two label conventions:
+
+- ``additive`` (default; how the public Cardiac-Dreamer data are labelled): 6-vector differences of the
+  poses, ``at1 = pose_t1 - target``, ``action_change = pose_t2 - pose_t1``, ``at2 = pose_t2 - target``,
+  so ``at2 == at1 + action_change`` (exactly what the real patient data_0513_01 satisfies);
+- ``se3`` (the published model's composition): rigid relative transforms (ZYX Euler), the action to
+  the target ``at1 = inv(T_t1) T_target``, ``action_change = inv(T_t1) T_t2``, so
+  ``T(at1) == T(action_change) T(at2)``.
+
+Rotations are written in degrees (default, as the public data) or radians (``angle_unit="rad"``).
+Poses, rendering and labels use scipy's rotations, never :mod:`bioexp.se3`, so the data check the
+model's composition code instead of sharing its assumptions. ``probe_poses.json`` keeps every frame's
+world pose (degrees), the target pose and the convention as ground truth.
 """
 
 from __future__ import annotations
@@ -17,12 +27,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
-from bioexp import se3
 from bioexp.data.synth.staging import staged
+
+COMPOSITIONS = ("additive", "se3")
+ANGLE_UNITS = ("deg", "rad")
 
 SPACING_MM = 1.5
 EXTENT_MM = ((-75.0, 75.0), (-75.0, 75.0), (-20.0, 160.0))  # heart frame: z is depth from the apical window
@@ -42,6 +54,36 @@ CHAMBERS = {
 PERICARDIUM = ((-2.0, 0.0, 85.0), (44.0, 32.0, 72.0), 3.0)
 STEP_STD = np.array([2.5, 2.5, 2.0, 3.0, 3.0, 3.0])  # random-walk step per frame: mm, mm, mm, deg, deg, deg
 START_STD = np.array([10.0, 10.0, 6.0, 10.0, 10.0, 10.0])
+
+
+def pose_matrix(pose: np.ndarray) -> np.ndarray:
+    """``(..., 6)`` pose (mm, degrees) -> ``(..., 4, 4)`` transform, ``R = Rz(yaw) Ry(pitch) Rx(roll)``."""
+    pose = np.asarray(pose, dtype=np.float64)
+    flat = pose.reshape(-1, 6)
+    matrix = np.zeros((len(flat), 4, 4))
+    matrix[:, :3, :3] = Rotation.from_euler("ZYX", flat[:, [5, 4, 3]], degrees=True).as_matrix()  # intrinsic
+    matrix[:, :3, 3] = flat[:, :3]
+    matrix[:, 3, 3] = 1.0
+    return matrix.reshape(*pose.shape[:-1], 4, 4)
+
+
+def matrix_pose(matrix: np.ndarray) -> np.ndarray:
+    """``(..., 4, 4)`` transform -> ``(..., 6)`` pose (mm, degrees)."""
+    flat = matrix.reshape(-1, 4, 4)
+    yaw_pitch_roll = Rotation.from_matrix(flat[:, :3, :3]).as_euler("ZYX", degrees=True)
+    return np.concatenate([flat[:, :3, 3], yaw_pitch_roll[:, ::-1]], axis=1).reshape(*matrix.shape[:-2], 6)
+
+
+def relative_actions(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The rigid action from world pose ``start`` to world pose ``end`` (``(..., 6)``), in ``start``'s frame."""
+    return matrix_pose(np.linalg.inv(pose_matrix(start)) @ pose_matrix(end))
+
+
+def labels(poses: np.ndarray, target: np.ndarray, composition: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(to_target, changes)``: each frame's ``at`` label and each move's, under ``composition``."""
+    if composition == "additive":
+        return poses - target, np.diff(poses, axis=0)
+    return relative_actions(poses, np.broadcast_to(target, poses.shape)), relative_actions(poses[:-1], poses[1:])
 
 
 def _shell(points: np.ndarray, centre: tuple, axes: tuple, thickness: float) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +120,8 @@ def render(volume: np.ndarray, heart_pose: np.ndarray, probe_pose: np.ndarray, s
     lateral = np.linspace(-half_width, half_width, size)
     zz, xx = np.meshgrid(depth, lateral, indexing="ij")
     plane = np.stack([xx, np.zeros_like(xx), zz, np.ones_like(xx)], axis=-1).reshape(-1, 4)
-    to_heart = se3.invert(se3.pose_to_matrix(torch.from_numpy(heart_pose))) @ se3.pose_to_matrix(
-        torch.from_numpy(probe_pose))
-    points = (plane @ to_heart.numpy().T)[:, :3]
+    to_heart = np.linalg.inv(pose_matrix(heart_pose)) @ pose_matrix(probe_pose)
+    points = (plane @ to_heart.T)[:, :3]
     index = (points - np.array([lo for lo, _ in EXTENT_MM])) / SPACING_MM
     echo = ndimage.map_coordinates(volume, index.T, order=1, cval=0.0).reshape(size, size)
     radius, angle = np.hypot(xx, zz), np.degrees(np.arctan2(xx, zz))
@@ -100,7 +141,8 @@ def _trajectory(rng: np.random.Generator, target: np.ndarray, frames: int) -> np
     return np.stack(poses)
 
 
-def _patient(folder: Path, rng: np.random.Generator, transitions: int, size: int) -> None:
+def _patient(folder: Path, rng: np.random.Generator, transitions: int, size: int, composition: str,
+             angle_unit: str) -> None:
     heart_pose = np.concatenate([rng.normal(0.0, 8.0, 3), rng.normal(0.0, 8.0, 3)])
     volume = heart_volume(rng, scale=float(rng.uniform(0.9, 1.1)))
     target = heart_pose.copy()  # the apical view: the probe at the heart frame's origin, looking down its z
@@ -110,26 +152,28 @@ def _patient(folder: Path, rng: np.random.Generator, transitions: int, size: int
     for i, pose in enumerate(poses):
         names.append(f"frames/frame_{i:04d}.png")
         Image.fromarray(render(volume, heart_pose, pose, size, rng)).save(folder / names[-1])
-    world = torch.from_numpy(poses)
-    goal = torch.from_numpy(target).expand_as(world)
-    to_target = se3.relative(world, goal)
-    changes = se3.relative(world[:-1], world[1:])
+    to_target, changes = labels(poses, target, composition)
+    scale = np.array([1, 1, 1] + [np.pi / 180 if angle_unit == "rad" else 1.0] * 3)
     rows = [{"ft1_image_path": names[i], "ft2_image_path": names[i + 1], "ft1_frame_id": i, "ft2_frame_id": i + 1,
-             "at1_6dof": _round(to_target[i]), "action_change_6dof": _round(changes[i]),
-             "at2_6dof": _round(to_target[i + 1])} for i in range(transitions)]
+             "at1_6dof": _round(to_target[i] * scale), "action_change_6dof": _round(changes[i] * scale),
+             "at2_6dof": _round(to_target[i + 1] * scale)} for i in range(transitions)]
     (folder / "transitions_dataset.json").write_text(json.dumps(rows, indent=1))
-    truth = {"target_pose": _round(torch.from_numpy(target)), "frame_poses": [_round(p) for p in world],
-             "heart_pose": _round(torch.from_numpy(heart_pose)), "convention": "x,y,z mm; roll,pitch,yaw deg; ZYX"}
+    truth = {"target_pose": _round(target), "frame_poses": [_round(p) for p in poses],
+             "heart_pose": _round(heart_pose), "composition": composition, "angle_unit": angle_unit,
+             "convention": "poses: x,y,z mm; roll,pitch,yaw deg; R = Rz(yaw) Ry(pitch) Rx(roll)"}
     (folder / "probe_poses.json").write_text(json.dumps(truth, indent=1))
 
 
-def _round(values: torch.Tensor) -> list[float]:
+def _round(values: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
 def generate_cardiac_us(out: str | Path, patients: int = 8, transitions: int = 80, size: int = 224, seed: int = 0,
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, composition: str = "additive", angle_unit: str = "deg") -> Path:
     """Write ``patients`` folders (``data_patient_01`` ...) of about ``transitions`` transitions each.
+
+    ``composition`` and ``angle_unit`` choose the label convention (see the module docstring); the
+    frames are the same under every convention.
 
     Patients get between 0.6x and 1.4x ``transitions`` (uneven, as real acquisitions are). Built in a
     hidden sibling directory and moved into place, so an interrupted run leaves nothing at ``out``.
@@ -137,9 +181,12 @@ def generate_cardiac_us(out: str | Path, patients: int = 8, transitions: int = 8
     out = Path(out)
     if patients < 1 or transitions < 1 or size < 16:
         raise ValueError(f"need patients >= 1, transitions >= 1, size >= 16; got {patients}, {transitions}, {size}")
+    if composition not in COMPOSITIONS or angle_unit not in ANGLE_UNITS:
+        raise ValueError(f"composition must be one of {COMPOSITIONS} and angle_unit one of {ANGLE_UNITS}, "
+                         f"got {composition!r}, {angle_unit!r}")
     with staged(out, overwrite) as staging:
         for p in range(patients):
             rng = np.random.default_rng([seed, p])
             count = max(1, round(transitions * rng.uniform(0.6, 1.4)))
-            _patient(staging / f"data_patient_{p + 1:02d}", rng, count, size)
+            _patient(staging / f"data_patient_{p + 1:02d}", rng, count, size, composition, angle_unit)
     return out
