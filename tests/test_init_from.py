@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from bioexp.data.ptbxl import PTBXLDataModule
 from bioexp.errors import BioexpError
 from bioexp.train import train
 from bioexp.utils.run import build_task
 from tests.conftest import compose_cfg, data_overrides
 
-# data.keep_unlabelled is the EP-Prior recipe's key for the PTB-XL datamodule's all-records option (issue 14,
-# item 2); drop it where that datamodule does not have it yet.
-PENDING = [] if "keep_unlabelled" in inspect.signature(PTBXLDataModule).parameters else ["~data.keep_unlabelled"]
 SMALL = ["experiment=ep_prior_beats", "model.encoder.arch=xresnet1d18", "++model.encoder.stem_widths=[8,8,16]",
          "++model.encoder.block_widths=[16,16,32,32]", "trainer=cpu", "debug=limit", "callbacks.rich_progress_bar=null",
          "callbacks.embedding_probe=null", "callbacks.interval_agreement=null", "callbacks.reconstruction_plot=null",
-         "callbacks.early_stopping=null", "test=false", *PENDING]
+         "callbacks.early_stopping=null", "test=false"]
 
 
 def _run(tmp_path: Path, synth_root: Path, name: str, *overrides: str) -> Path:
