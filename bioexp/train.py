@@ -25,16 +25,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bioexp.utils import dashboards, run
+    from bioexp.utils import accel, dashboards, run
 
     run.route_lightning_logs()
+    accel.check_launch(cfg, multirun=run._is_multirun())
+    accel.enable_fast_gpu_math()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()  # before the model: data-derived dims (num_classes, ...) fill the model config
+    accel.prepare_data_once(datamodule, cfg.data)  # before the model: data-derived dims (num_classes, ...) fill the model config
     run.fill_dims(cfg.model, datamodule.dims)
     if rank_zero_only.rank == 0:  # DDP ranks relaunched by Lightning/torchrun/SLURM run this too
         OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
