@@ -107,8 +107,9 @@ def run_overrides(run: RunSpec, root: Path, device: str, steps: int | None, warm
         "+callbacks.finite_loss._target_=bioexp.callbacks.guards.FiniteLossGuard",
         "+callbacks.step_timing._target_=bioexp.callbacks.timing.StepTiming",
         f"+callbacks.step_timing.warmup_steps={warmup}", f"+callbacks.step_timing.out={out / 'timing.json'}",
-        f"model.compile={str(run.compile).lower()}", f"data.num_workers={workers}", "test=false", "optimized_metric=null",
-        "print_config=false", "logger=csv", f"hydra.run.dir={out}", f"task_name=gpu_check_{run.name}", *run.extra]
+        f"model.compile={str(run.compile).lower()}", f"data.num_workers={workers}", "test=false",
+        "optimized_metric=null", "print_config=false", "logger=csv", f"hydra.run.dir={out}",
+        f"task_name=gpu_check_{run.name}", *run.extra]
 
 
 def prepare(studies: list[str], root: Path, device: str) -> str:
@@ -116,8 +117,8 @@ def prepare(studies: list[str], root: Path, device: str) -> str:
     any timed run; returns the first error ("" if none)."""
     for study in studies:
         cmd = [sys.executable, "-m", "bioexp.train", *study_overrides(study, root, device), "train=false",
-               "test=false", "optimized_metric=null", "trainer=cpu", "logger=csv", "callbacks=none", "print_config=false",
-               f"hydra.run.dir={root / 'prepare' / study}"]
+               "test=false", "optimized_metric=null", "trainer=cpu", "logger=csv", "callbacks=none",
+               "print_config=false", f"hydra.run.dir={root / 'prepare' / study}"]
         done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
         if done.returncode != 0:
             return f"{study}: {_last_lines(done.stderr or done.stdout)}"

@@ -36,7 +36,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     out.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    accel.prepare_data_once(datamodule, cfg.data)  # before the model: data-derived dims (num_classes, ...) fill the model config
+    # Before the model: data-derived dims (num_classes, ...) fill the model config. One rank at a time per node.
+    accel.prepare_data_once(datamodule, cfg.data)
     run.fill_dims(cfg.model, datamodule.dims)
     if rank_zero_only.rank == 0:  # DDP ranks relaunched by Lightning/torchrun/SLURM run this too
         OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)

@@ -71,7 +71,8 @@ class FiniteLossGuard(L.Callback):
         """Keep the first bad step's (step, loss) on the device."""
         bad = self._step_bad if bad is None else bad
         first = bad & (self._first_bad[0] < 0)
-        value = torch.full_like(self._first_bad[1], float("nan")) if loss is None else loss.to(torch.float64).reshape(-1)[0]
+        nan = torch.full_like(self._first_bad[1], float("nan"))
+        value = nan if loss is None else loss.to(torch.float64).reshape(-1)[0]
         self._first_bad = torch.where(first, torch.stack([self._count, value, self._epoch]), self._first_bad)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object,
