@@ -91,8 +91,8 @@ def run_overrides(run: RunSpec, root: Path, device: str, steps: int | None, warm
                   out: Path) -> list[str]:
     """The ``bioexp.train`` command line of one run: ``steps`` training steps and two validation batches per
     epoch, or (``steps=None``) the study's epochs as ``run.extra`` sets them."""
-    if device == "cpu":
-        trainer = ["trainer=cpu"]
+    if device == "cpu":  # DDP on CPU: two spawned processes (what the tests of DDP use)
+        trainer = ["trainer=ddp_sim", f"trainer.devices={run.devices}"] if run.devices > 1 else ["trainer=cpu"]
     elif run.devices > 1:
         trainer = ["trainer=ddp", f"trainer.devices={run.devices}"]
     else:
