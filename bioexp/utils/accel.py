@@ -108,7 +108,7 @@ def _trainer_is_distributed(trainer_cfg: DictConfig) -> bool:
         target = str(strategy.get("_target_", ""))
         spawn = strategy.get("start_method") in ("spawn", "fork", "forkserver")
         return "DDP" in target and not spawn
-    name = str(strategy or "")
+    name = str(strategy or "auto")
     devices = trainer_cfg.get("devices", 1)
     many = devices in (-1, "auto") or (isinstance(devices, int) and devices > 1) or isinstance(devices, list)
     return (name.startswith("ddp") and "spawn" not in name and "fork" not in name) or (name == "auto" and many)
