@@ -194,8 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ddp", action="store_true", help="skip the 2-GPU DDP rows")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: sized from the machine)")
     parser.add_argument("--root", type=Path, default=Path("outputs/gpu_check"), help="synthetic data and run dirs")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default 150; CPU 900)")
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all runs; later runs are not started")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default 150; CPU 1800)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for the whole check, data included; later runs are not started "
+                             "(default 480 on CUDA, none on CPU)")
     parser.add_argument("--ep-prior-epoch", action="store_true",
                         help="also time EP-Prior epochs (bf16) on PTB-XL-size synthetic data (17,418 training records)")
     return parser.parse_args(argv)
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (3 if cpu else 30)
     warmup = args.warmup if args.warmup is not None else min(1 if cpu else 10, steps - 1)
     workers = args.workers if args.workers is not None else (0 if cpu else auto_workers())
-    timeout = args.timeout or (900.0 if cpu else 150.0)
+    timeout = args.timeout or (1800.0 if cpu else 150.0)
+    budget = args.budget if args.budget is not None else (float("inf") if cpu else 480.0)
     root = (args.root / args.device).resolve()  # the CPU dry run's tiny data never stands in for the GPU's
     compile_modes = {"both": [False, True], "no": [False], "only": [True]}[args.compile]
     ddp = not cpu and not args.no_ddp and torch.cuda.device_count() >= 2
@@ -234,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: data ready in {time.perf_counter() - started:.0f} s; runs on {device_name}, {steps} steps "
           f"({warmup} warm-up), {workers} loader workers", flush=True)
     for run in plan(args.studies, args.device, compile_modes, ddp):
-        if time.perf_counter() - started > args.budget:
-            rows.append({"run": run, "ok": False, "error": f"not run: over --budget {args.budget:.0f} s"})
+        if time.perf_counter() - started > budget:
+            rows.append({"run": run, "ok": False, "error": f"not run: over --budget {budget:.0f} s"})
             continue
         row = run_one(run, root, args.device, steps, warmup, workers, timeout)
         print(f"  {run.name}: {'ok' if row['ok'] else 'FAILED'} ({row.get('wall_s', 0):.0f} s)", flush=True)
