@@ -37,7 +37,7 @@ bench: $(STAMP)
 # Every study's short GPU run (amp16/bf16, eager/compiled, DDP on 2 GPUs) in one table; docs/gpu.md.
 # Without CUDA it says so and exits 0. GPU_CHECK_ARGS=--ep-prior-epoch adds EP-Prior's PTB-XL-size epoch time.
 gpu-check: $(STAMP)
-	$(PY) -m bioexp.gpu_check $(GPU_CHECK_ARGS)
+	@$(PY) -m bioexp.gpu_check $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bioexp tests hydra_plugins

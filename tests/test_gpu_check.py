@@ -26,7 +26,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([]) == 0
     assert capsys.readouterr().out == "no CUDA device: gpu-check needs a GPU\n"
-    assert re.search(r"^gpu-check: \$\(STAMP\)\n\t\$\(PY\) -m bioexp.gpu_check", (REPO / "Makefile").read_text(), re.M)
+    assert re.search(r"^gpu-check: \$\(STAMP\)\n\t@\$\(PY\) -m bioexp.gpu_check", (REPO / "Makefile").read_text(), re.M)
 
 
 def _compose(overrides: list[str]):
