@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SYNTH := data/ptbxl-synth
 
-.PHONY: install demo test test-all bench lint clean-runs
+.PHONY: install demo test test-all bench gpu-check lint clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bioexp.bench
+
+# Every study's short GPU run (amp16/bf16, eager/compiled, DDP on 2 GPUs) in one table; docs/gpu.md.
+# Without CUDA it says so and exits 0. GPU_CHECK_ARGS=--ep-prior-epoch adds EP-Prior's PTB-XL-size epoch time.
+gpu-check: $(STAMP)
+	@$(PY) -m bioexp.gpu_check $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bioexp tests hydra_plugins

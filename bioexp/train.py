@@ -27,12 +27,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from bioexp.utils import dashboards, fallbacks, run
+    from bioexp.utils import accel, dashboards, fallbacks, run
 
     run.route_lightning_logs()
     run.validate_options(cfg)
+    accel.check_launch(cfg, multirun=run._is_multirun())
     if cfg.get("ckpt_path"):
         run.check_resume_checkpoint(cfg.ckpt_path, cfg.model)
+    accel.enable_fast_gpu_math()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
@@ -40,7 +42,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], float | None]:
     fallbacks.start_recording(out)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()  # before the model: data-derived dims (num_classes, ...) fill the model config
+    # Before the model: data-derived dims (num_classes, ...) fill the model config. One rank at a time per node.
+    accel.prepare_data_once(datamodule, cfg.data)
     run.fill_dims(cfg.model, datamodule.dims)
     if rank_zero_only.rank == 0:  # DDP ranks relaunched by Lightning/torchrun/SLURM run this too
         OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)

@@ -26,7 +26,9 @@ class EpochSeed(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is None:
             return
-        seed = (self.seed + 1_000_003 * trainer.current_epoch) % 2**32
+        # + global_rank: DDP ranks draw different dropout, masks and noise (rank 0 keeps the one-process stream);
+        # model init and data splits are seeded before this and stay identical on every rank.
+        seed = (self.seed + 1_000_003 * trainer.current_epoch + trainer.global_rank) % 2**32
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)

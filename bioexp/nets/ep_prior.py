@@ -161,6 +161,8 @@ class GaussianWaveDecoder(nn.Module):
         self.n_leads, self.gate_min, self.sigma_min = n_leads, gate_min, sigma_min
         self.offsets = {"P": (0.0,), "QRS": tuple(float(o) for o in qrs_offsets), "T": (0.0,)}
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
+        for wave, offsets in self.offsets.items():  # on the net's device: no host-to-device copy per step
+            self.register_buffer(f"offsets_{wave}", torch.tensor(offsets), persistent=False)
         self.mlps = nn.ModuleDict()
         for wave in WAVES:
             n_amp = n_leads * len(self.offsets[wave])
@@ -192,7 +194,7 @@ class GaussianWaveDecoder(nn.Module):
             for wave in WAVES:
                 out = self.mlps[wave](z[wave].float())
                 tau = torch.sigmoid(out[:, 0])
-                offsets = torch.tensor(self.offsets[wave], dtype=tau.dtype, device=tau.device)
+                offsets = getattr(self, f"offsets_{wave}").to(tau.dtype)
                 params[wave] = {
                     "tau": tau,
                     "sigma": F.softplus(out[:, 1]) + self.sigma_min,

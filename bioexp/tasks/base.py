@@ -29,10 +29,43 @@ class Task(L.LightningModule):
     (``epoch`` or ``step``) and ``monitor`` (the metric a ReduceLROnPlateau steps on).
     """
 
+    #: DDP must look for parameters without a gradient in this task (see ``bioexp.utils.accel.TaskDDPStrategy``);
+    #: tasks whose graph leaves some parameters unused override it.
+    ddp_find_unused_parameters: bool = False
+
     def __init__(self, optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.optimizer_config = optimizer
         self.scheduler_config = scheduler
+        self.accel: dict[str, Any] = {"compile": False, "channels_last": False}
+        self._accel_done = False
+
+    def set_accel(self, compile: bool | dict[str, Any] = False, channels_last: bool = False) -> None:  # noqa: A002
+        """Run-time speed options (``model.compile``, ``model.channels_last``): not hyperparameters, so a
+        checkpoint loads the same with or without them. ``compile`` may be a dict of ``torch.compile`` options."""
+        self.accel = {"compile": compile, "channels_last": channels_last}
+
+    def configure_model(self) -> None:
+        """Apply :meth:`set_accel` once, before the strategy moves and wraps the model: the nets are compiled
+        (not this LightningModule, whose hooks log and would break graphs)."""
+        from bioexp.utils import accel
+
+        if self._accel_done:
+            return
+        self._accel_done = True
+        if self.accel["channels_last"]:
+            accel.to_channels_last(self)
+        if self.accel["compile"]:
+            options = self.accel["compile"] if isinstance(self.accel["compile"], dict) else None
+            accel.log.info("torch.compile: %s", ", ".join(accel.compile_nets(self, options)))
+
+    def log(self, name: str, value: Any, *args: Any, sync_dist: bool | None = None, **kwargs: Any) -> None:
+        """``self.log`` whose ``sync_dist`` defaults to True outside training: validation/test values are then
+        reduced over DDP ranks (a no-op on one process); training values stay per-rank, with no collective
+        per step."""
+        if sync_dist is None:
+            sync_dist = not (self._trainer is not None and self.trainer.training)
+        super().log(name, value, *args, sync_dist=sync_dist, **kwargs)
 
     def configure_optimizers(self) -> Any:
         optimizer = build(self.optimizer_config, params=[p for p in self.parameters() if p.requires_grad])

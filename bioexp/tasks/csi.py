@@ -167,6 +167,11 @@ class CSITask(Task):
         self.metrics = nn.ModuleDict({stage: CSIMetrics(num_zones, num_classes) for stage in ("val", "test")})
         self.ahf_confusion: dict[str, torch.Tensor] = {}
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """RadDINO's ``mask_token`` (DINOv2 masked-image pretraining) gets no gradient here."""
+        return self.hparams.backbone.get("name") == "raddino"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -45,6 +45,11 @@ class EPPrior(Task):
         self.augment = augment or {}
         self.constraints = constraints or {}
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """The projection head gets no gradient when NT-Xent is off (``ep_prior_no_contrast``)."""
+        return self.hparams.lambda_contrastive <= 0
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.encoder(x)[0]
 

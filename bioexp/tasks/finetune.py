@@ -55,6 +55,11 @@ class InflatedRegressor(Task):
         log.info("Encoder from %s (channels %s) into channels %s%s", pretrained["checkpoint"], old, channels,
                  f"; channel-tied weights of {new} start from the pretrained channels' mean" if new else "")
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """Staged unfreezing: the frozen encoder (or its frozen blocks) gets no gradient for a while."""
+        return self.unfreeze["head_only_epochs"] > 0 or self.unfreeze["last_n_blocks"] is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions in the target's units, ``[B]``."""
         return self.head(self.encoder(x)).squeeze(-1) * self.hparams.target_std + self.hparams.target_mean

@@ -37,6 +37,16 @@ def launch_dir() -> str:
     return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
 
 
+def auto_workers(fallback: int) -> int:
+    """``${auto_workers:N}``: loader workers sized from the machine on CUDA (CPUs per GPU - 1, at most 8);
+    ``N`` without CUDA, where the loader shares the cores with training (torch is imported only here)."""
+    from bioexp.utils.accel import auto_workers as sized
+
+    return sized(fallback=int(fallback))
+
+
+if not OmegaConf.has_resolver("auto_workers"):
+    OmegaConf.register_new_resolver("auto_workers", auto_workers)
 if not OmegaConf.has_resolver("launch_dir"):
     OmegaConf.register_new_resolver("launch_dir", launch_dir)
 if not OmegaConf.has_resolver("wandb_offline"):

@@ -69,7 +69,11 @@ def build_task(model_cfg: DictConfig) -> Any:
 
     config = OmegaConf.to_container(model_cfg, resolve=True)
     target = get_class(config.pop("_target_"))
-    return target(**config)
+    accel = {key: config.pop(key) for key in ("compile", "channels_last") if key in config}  # run-time only
+    task = target(**config)
+    if accel:
+        task.set_accel(**accel)
+    return task
 
 
 def print_config(cfg: DictConfig, save_dir: str | Path | None = None) -> None:
