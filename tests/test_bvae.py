@@ -196,6 +196,7 @@ def test_every_set_composes_with_both_experiments(experiment, n):
     assert cfg.model.ecc_type == (None if experiment == "bvae" else "repetition") and cfg.task_name == experiment
     config = OmegaConf.to_container(cfg.model, resolve=False)
     config.pop("_target_")
+    config.pop("compile")  # run-time only: the runner hands it to set_accel, not the task
     config.update(input_dim=64, image_shape=[8, 8])
     if experiment == "bvae_ecc" and GUIDE_SETS[n][1] % 3:
         with pytest.raises(BioexpError, match="model/bvae_set=set5"):

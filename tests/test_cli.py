@@ -28,7 +28,9 @@ def test_every_experiment_composes_and_resolves(experiment: str):
     fill_dims(cfg.model, dict.fromkeys(data_dims, 1))  # stand-ins for what the datamodule says
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["task_name"] == experiment
-    assert resolved["callbacks"]["model_checkpoint"]["monitor"] == resolved["monitor"]
+    # The PTB-XL benchmark tests its final weights (no best-epoch selection); every other recipe its best epoch.
+    final_weights = experiment.startswith("ptbxl_")
+    assert resolved["callbacks"]["model_checkpoint"]["monitor"] == (None if final_weights else resolved["monitor"])
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

@@ -219,11 +219,16 @@ def action_stats(patients: Sequence[Patient]) -> dict[str, list[float]]:
             "change_mean": rounded(changes.mean(0)), "change_std": rounded(np.maximum(changes.std(0), 1e-3))}
 
 
+def read_gray(path: Path, size: int) -> np.ndarray:
+    """A grayscale PNG as ``size`` x ``size`` uint8 (bilinear resize); PIL's own errors (all OSErrors) pass."""
+    with Image.open(path) as image:
+        return np.array(image.convert("L").resize((size, size), Image.Resampling.BILINEAR))
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
-    """A grayscale PNG as ``size`` x ``size`` uint8 (bilinear resize)."""
+    """:func:`read_gray`, with a missing or unreadable file as a one-line error."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("L").resize((size, size), Image.Resampling.BILINEAR))
+        return read_gray(path, size)
     except FileNotFoundError as exc:
         raise DataNotFoundError(f"image {path} is missing; check the paths in its {JSON_NAME}") from exc
     except (UnidentifiedImageError, OSError) as exc:
@@ -507,8 +512,9 @@ def _convention_lines(patient: Patient, composition: str | None, angle_unit: str
 
 
 def decode_frame(size: int, path: str) -> np.ndarray:
-    """One frame for the cache: ``size`` x ``size`` uint8 (picklable with :func:`functools.partial`)."""
-    return load_image(Path(path), size)
+    """One frame for the cache: ``size`` x ``size`` uint8 (picklable with :func:`functools.partial`); a file
+    that cannot be read raises an OSError, which the cache records as that frame's reason."""
+    return read_gray(Path(path), size)
 
 
 def _subset(patient: Patient, keep: np.ndarray) -> Patient:
