@@ -142,7 +142,7 @@ hydra:
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "failed (NonFiniteError: training loss became nan" in log
-    assert "Invalid learning rate: -1.0" in log and log.count("; the sweep goes on") == 2
+    assert "model.optimizer.lr must be a number > 0, got -1.0" in log and log.count("; the sweep goes on") == 2
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert best["best_params"] == {"model.optimizer.lr": 0.003} and best["n_failed"] == 2
     assert 0.0 <= best["best_value"] <= 1.0
