@@ -80,6 +80,7 @@ def _model(**overrides) -> EPPrior:
                                           "model.scheduler=null", *[f"model.{k}={v}" for k, v in overrides.items()]])
     config = OmegaConf.to_container(cfg.model, resolve=True)
     config.pop("_target_")
+    config.pop("compile")  # run-time only: the runner hands it to set_accel, not the task
     return EPPrior(**config)
 
 

@@ -103,7 +103,7 @@ def test_step_timing_counts_samples_and_sees_a_slow_loader(tmp_path):
     # the first step of each epoch opens a window (its loading is outside it), so 8 waits are measured.
     assert result["data_wait_frac"] > 0.8
     assert result["samples_per_s"] == pytest.approx(80 / (result["step_s"] * 10), rel=1e-6)
-    assert result["samples_per_s"] < 8 / 0.08 * 1.05 and result["peak_mem_gb"] is None
+    assert result["peak_mem_gb"] is None
 
 
 @pytest.mark.slow

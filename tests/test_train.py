@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -31,8 +32,8 @@ def _run(tmp_path: Path, synth_root: Path, *overrides: str, name: str = "run") -
 def test_fast_dev_run_on_each_cpu_trainer_overlay(tmp_path: Path, synth_root: Path, trainer: str):
     summary, out = _run(tmp_path, synth_root, f"trainer={trainer}", "debug=fdr", "logger=csv")
     assert {"train/loss_epoch", "val/loss", "test/loss", "test/auroc"} <= set(summary["metrics"])
-    assert all(v == v for v in summary["metrics"].values())  # no NaN
-    assert json.loads((out / "metrics.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
+    assert all(np.isfinite(v).all() for v in summary["metrics"].values())  # no NaN (scalars and CI pairs)
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == summary["metrics"]  # JSON floats round-trip
     assert (out / "resolved_config.yaml").is_file()
 
 
