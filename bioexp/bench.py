@@ -4,18 +4,37 @@
 2. cached PTB-XL loading vs per-record WFDB decoding (>= 20x)
 3. wall time of ``python -m bioexp.train --cfg job`` (< 2 s)
 4. beat-window loading (EP-Prior's 1-s beat-centred windows) per dataloader worker process (>= 10,000/s)
-5. Cardiac Dreamer frame pairs per second from the uint8 frame memmap, one loader worker (>= 2000)
+
+Then, per study of ``make gpu-check`` (its data settings: real image sizes and window lengths, few synthetic
+records), the training items per second that one loader worker delivers (``__getitem__`` for the sampler's
+keys plus collation, in one process and one thread; Cardiac Dreamer's target: >= 2000 frame pairs/s) and
+how many workers one H100 needs to keep up. No GPU has measured the step rates yet, so they are estimated
+from FLOPs: assumed MFU 0.3 (an assumption, modest for these small convnets/transformers) x 989e12 FLOP/s
+(H100 SXM, bf16 dense peak; fp16 is the same) / the FLOPs of one training step per sample, counted by
+``FlopCounterMode`` (matmuls, convolutions, attention; forward + backward of the study's default-size
+network on CPU at batch 2; elementwise ops and the optimiser are not counted). Steps estimated under 1 ms
+(small networks such as bvae's MLP) are bound by per-step overhead, not FLOPs: the table flags them, as
+their estimate is far too high. ``make gpu-check``'s samples/s are the measured rates to compare with.
+
+``--only vitaldb|targets|loaders`` runs one part: VitalDB window building at scale, the target rows, the
+per-study loader table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,31 +148,6 @@ def beat_window_rate(records: int, windows: int) -> float:
         return windows / (time.perf_counter() - start)
 
 
-def cardiac_pairs_per_second(pairs: int = 2000, size: int = 224) -> float:
-    """Training items (two frames, augmentation off) per second that one loader worker reads from the cache."""
-    import torch
-
-    from bioexp.data.cardiac_us import CardiacUSDataModule
-    from bioexp.data.synth.cardiac_us import generate_cardiac_us
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = generate_cardiac_us(Path(tmp) / "cardiac", patients=3, transitions=40, size=size, seed=0)
-        dm = CardiacUSDataModule(str(root), image_size=size, num_workers=0, decode_workers=0)
-        dm.prepare_data()
-        dm.setup()
-        dataset = dm.datasets["train"]
-        dataset[0]  # opens the memmap, as a worker's first item does
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in a DataLoader worker
-        try:
-            start = time.perf_counter()
-            for i in range(pairs):
-                dataset[i % len(dataset)]
-            return pairs / (time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(threads)
-
-
 def cfg_job_time(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -205,22 +199,162 @@ def vitaldb_window_scale(sizes: tuple[int, ...] = (100, 500), workers: tuple[int
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--records", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--vitaldb-only", action="store_true", help="only the VitalDB window-building scale figures")
-    parser.add_argument("--windows", type=int, default=20000, help="beat windows to time")
-    args = parser.parse_args()
+H100_BF16_DENSE_FLOPS = 989e12  # H100 SXM, bf16 (and fp16) tensor cores, dense (no 2:4 sparsity)
+ASSUMED_MFU = 0.3                # an assumption: these are small convnets/transformers, not tuned LLM kernels
+FLOP_BATCH = 2                   # samples per counted training step (FLOPs scale linearly with the batch)
+CARDIAC_PAIRS_TARGET = 2000      # frame pairs/s per worker (the per-frame PNG decoding it replaced gave 460)
+GPU_RATE_SOURCE = "FLOP estimate"
+
+
+@dataclass(frozen=True)
+class LoaderRow:
+    """One study's row of the loader table."""
+
+    study: str
+    batch_size: int
+    items_per_s: float       # one loader worker: __getitem__ + collation, one process, one thread
+    flops_per_sample: float  # one training step, forward + backward
+    gpu_samples_per_s: float
+    workers: int
+
+
+def train_step_flops(step: Callable[[], Any]) -> int:
+    """FLOPs of ``step()`` (returning a loss) and its backward pass, as ``FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step().backward()
+    return counter.get_total_flops()
+
+
+def gpu_samples_per_s(flops_per_sample: float, mfu: float = ASSUMED_MFU,
+                      peak: float = H100_BF16_DENSE_FLOPS) -> float:
+    """Training samples per second one GPU would take at ``mfu`` of its ``peak`` FLOP/s."""
+    return mfu * peak / flops_per_sample
+
+
+def workers_needed(gpu_rate: float, worker_rate: float) -> int:
+    """Loader workers whose combined items/s reach the GPU's samples/s."""
+    return math.ceil(gpu_rate / worker_rate)
+
+
+def _batch_items(batch: Any) -> int:
+    """Samples in a collated batch: the leading dim of its first tensor (batches are tuples or dicts)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    return next(leaf for leaf in tree_leaves(batch) if isinstance(leaf, torch.Tensor)).shape[0]
+
+
+def loader_items_per_s(loader: Iterable, min_seconds: float) -> float:
+    """Items per second from an in-process (``num_workers=0``) loader with one torch thread, as in a
+    DataLoader worker: the sampler's keys, ``__getitem__`` and collation. Loops over epochs as needed; the
+    first batch (opening memmaps, as a worker's first does) is not timed."""
+    import torch
+
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        next(batches)
+        items, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds or not items:
+            items += _batch_items(next(batches))
+        return items / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compose(overrides: list[str]) -> Any:
+    """The config ``python -m bioexp.train`` would compose (``${hydra:...}`` resolvable)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import bioexp.utils.resolvers  # noqa: F401
+    from bioexp.train import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def study_loader_row(study: str, root: Path, min_seconds: float) -> LoaderRow:
+    """Build the study's datamodule and task as ``bioexp.train`` does (the GPU run's full-size data settings
+    and network, synthetic data written under ``root`` on first use), time its training loader, count its
+    training-step FLOPs."""
+    from hydra.utils import instantiate
+
+    from bioexp.gpu_check import study_overrides
+    from bioexp.utils.run import build_task, fill_dims
+
+    cfg = _compose([*study_overrides(study, root, "cuda"), "data.num_workers=0"])  # "cuda": no tiny nets or data
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    fill_dims(cfg.model, datamodule.dims)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    items_per_s = loader_items_per_s(loader, min_seconds)
+    keys = list(itertools.islice(iter(loader.sampler), FLOP_BATCH))
+    batch = loader.collate_fn([loader.dataset[key] for key in keys])
+    task = build_task(cfg.model).train()
+    with warnings.catch_warnings():  # self.log() without a Trainer says so on every call
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        flops = train_step_flops(lambda: task.training_step(batch, 0)) / FLOP_BATCH
+    gpu_rate = gpu_samples_per_s(flops)
+    return LoaderRow(study, loader.batch_size, items_per_s, flops, gpu_rate, workers_needed(gpu_rate, items_per_s))
+
+
+def _note(row: LoaderRow, step_ms: float) -> str:
+    """Cardiac Dreamer's per-worker target, or a warning that the FLOP estimate cannot hold."""
+    if row.study == "cardiac_dreamer":
+        return f"target >= {CARDIAC_PAIRS_TARGET}/s: {'yes' if row.items_per_s >= CARDIAC_PAIRS_TARGET else 'NO'}"
+    return "overhead-bound: estimate far too high" if step_ms < 1.0 else ""
+
+
+def format_loader_table(rows: list[LoaderRow]) -> str:
+    """The per-study table, then the assumptions behind its GPU rates."""
+    header = ("study", "batch", "items/s/worker", "GFLOP/sample", "H100 samples/s", "H100 step ms", "workers",
+              "GPU rate source", "note")
+    lines = [header]
+    for r in rows:
+        step_ms = r.batch_size / r.gpu_samples_per_s * 1e3
+        lines.append((r.study, str(r.batch_size), f"{r.items_per_s:,.0f}", f"{r.flops_per_sample / 1e9:.3g}",
+                      f"{r.gpu_samples_per_s:,.0f}", f"{step_ms:.3g}", f"{r.workers:,}", GPU_RATE_SOURCE,
+                      _note(r, step_ms)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    return "\n".join([*table,
+        f"H100 samples/s = {ASSUMED_MFU} (assumed MFU) x {H100_BF16_DENSE_FLOPS / 1e12:.0f}e12 FLOP/s (H100 SXM "
+        "bf16 dense peak) / FLOPs per sample of one training step (FlopCounterMode: matmul/conv/attention, "
+        "forward + backward, "
+        f"default-size net, batch {FLOP_BATCH} on CPU); workers = ceil(H100 samples/s / items/s/worker).",
+        "Not measured on a GPU: compare with make gpu-check's samples/s. A step estimated under 1 ms is "
+        "overhead-bound (kernel launches, Python), so its estimate is far too high.",
+    ])
+
+
+def loader_table(studies: Iterable[str], min_seconds: float, root: Path | None) -> list[LoaderRow]:
+    """One :class:`LoaderRow` per study; synthetic data in ``root`` (kept) or a temporary directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = (root or Path(tmp)).resolve()
+        return [study_loader_row(study, base, min_seconds) for study in studies]
+
+
+def print_vitaldb_scale() -> None:
     for row in vitaldb_window_scale():
         print("VitalDB windows: {cases} cases x {minutes_per_case} min, {workers} process(es): "
               "{cases_per_min_per_process:.0f} cases/min/process ({seconds:.1f} s wall, {windows} windows), "
               "{cases_per_cpu_min:.0f} cases per CPU-minute, peak RSS "
               "main {rss_main_mb:.0f} MB, worker {rss_worker_mb} MB".format(**row))
-    if args.vitaldb_only:
-        return
+
+
+def print_targets(args: argparse.Namespace) -> None:
     warmup = 5
     batches = _batches(args.steps + warmup, args.batch_size, 250)
     plain, ours = [], []
@@ -231,7 +365,6 @@ def main() -> None:
     wfdb_s, cache_s = loading_speedup(args.records)
     cfg_s = cfg_job_time()
     beats = beat_window_rate(args.records, args.windows)
-    cardiac = cardiac_pairs_per_second()
     rows = [
         ("train step: bioexp / plain PyTorch (xresnet1d50, batch "
          f"{args.batch_size}x12x250, CPU)", f"{step_ratio:.3f}", "<= 1.05", step_ratio <= 1.05,
@@ -241,13 +374,35 @@ def main() -> None:
         ("python -m bioexp.train --cfg job", f"{cfg_s:.2f} s", "< 2 s", cfg_s < 2.0, "median of 3"),
         ("beat windows per worker process (1 s, beat-aligned, median baseline)", f"{beats:,.0f}/s", ">= 10,000/s",
          beats >= 10_000, f"{args.windows} windows from {args.records} records"),
-        ("Cardiac Dreamer: frame pairs/s per loader worker (224 px, uint8 memmap)", f"{cardiac:.0f}", ">= 2000",
-         cardiac >= 2000, "2000 items, no augmentation"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>8}  {'target':>8}  ok   detail")
     for name, value, target, ok, detail in rows:
         print(f"{name:<{width}}  {value:>8}  {target:>8}  {'yes' if ok else 'NO ':<3}  {detail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bioexp.gpu_check import STUDIES
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["vitaldb", "targets", "loaders"], help="run one part (default: all)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--records", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=20000, help="beat windows to time")
+    parser.add_argument("--studies", nargs="+", choices=STUDIES, default=list(STUDIES), help="loader table rows")
+    parser.add_argument("--loader-seconds", type=float, default=5.0, help="timed loading per study")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="keep the loader table's synthetic data here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if args.only in (None, "vitaldb"):
+        print_vitaldb_scale()
+    if args.only in (None, "targets"):
+        print_targets(args)
+    if args.only in (None, "loaders"):
+        print()
+        print(format_loader_table(loader_table(args.studies, args.loader_seconds, args.data_root)))
 
 
 if __name__ == "__main__":
