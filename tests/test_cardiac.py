@@ -258,3 +258,19 @@ def test_synthesizes_only_into_a_missing_or_empty_folder(tmp_path):
     with pytest.raises(DataNotFoundError, match="no patient folder with a transitions_dataset.json"):
         CardiacUSDataModule(str(other), synthesize=tiny).dims  # noqa: B018
     assert (other / "notes.txt").is_file()
+
+
+@pytest.mark.slow
+def test_per_patient_test_errors_under_ddp_cover_every_test_transition_once(cohort, tmp_path):
+    """2 processes each test half the transitions (the sampler pads one shard with a repeat): the gathered
+    per-patient table equals one process's, counts included."""
+    tables = {}
+    for trainer in ("cpu", "ddp_sim"):
+        out = tmp_path / trainer
+        train(compose_cfg(_data(cohort, f"trainer={trainer}", "train=false", "test=true", "logger=csv",
+                                "optimized_metric=null"), out))
+        tables[trainer] = pd.read_csv(out / "test_per_patient.csv").set_index("patient")
+    one, two = tables["cpu"], tables["ddp_sim"]
+    assert one.index.tolist() == two.index.tolist() and one["n"].sum() > 0
+    assert (one["n"] == two["n"]).all()
+    pd.testing.assert_frame_equal(one, two, atol=2e-4, rtol=0)  # the CSV keeps 4 decimals

@@ -204,10 +204,14 @@ def test_spreadsheet_file_ids_and_explicit_ungradable_scores_are_kept(tmp_path, 
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
 
 
-def test_patient_column_choice_and_per_image_split_warns(tmp_path, caplog):
+def test_patient_column_choice_and_per_image_split_only_when_asked(tmp_path, caplog):
+    none = write_png_cohort(tmp_path / "none", patient_column=None)
+    with pytest.raises(BioexpError, match=r"no patient column \(PatientID, AdmissionID, ExamCode\).*data.split_by=image"):
+        _module(none)
     with caplog.at_level(logging.WARNING):
-        dm = _module(write_png_cohort(tmp_path / "none", patient_column=None))
+        dm = _module(none, split_by="image")
     assert "splitting per image" in caplog.text and dm.patient_column(dm.table()) is None
+    assert sum(len(ds) for ds in dm.datasets.values()) == 30
     dm = _module(write_png_cohort(tmp_path / "exam", patient_column="ExamCode"))
     assert dm.patient_column(dm.table()) == "ExamCode"
     with pytest.raises(BioexpError, match="data.patient_column='Subject' is not a column"):

@@ -73,6 +73,31 @@ def test_missing_and_truncated_records_are_record_errors(tmp_path):
         read_leads(tmp_path / "s0010_re")
 
 
+def _corrupt_header(text: str, case: str) -> bytes:
+    return {"garbage": b"\x00\xff junk\n\x01", "empty": b"", "short": "\n".join(text.splitlines()[:3]).encode(),
+            "format": text.replace(" 16 ", " 99 ").encode(), "latin1": "\xf1\xe9\n".encode("latin-1")}[case]
+
+
+@pytest.mark.parametrize("case", ["garbage", "empty", "short", "format", "latin1", "empty_signal"])
+def test_every_kind_of_corrupt_record_is_a_record_error(tmp_path, case):
+    for f in shared_data("wfdb").glob("s0010_re.*"):
+        shutil.copy(f, tmp_path / f.name)
+        (tmp_path / f.name).chmod(0o644)
+    if case == "empty_signal":
+        (tmp_path / "s0010_re.dat").write_bytes(b"")
+    else:
+        header = tmp_path / "s0010_re.hea"
+        header.write_bytes(_corrupt_header(header.read_text(), case))
+    with pytest.raises(RecordError, match="unreadable|truncated|not in record"):
+        read_leads(tmp_path / "s0010_re")
+
+
+def test_a_bug_while_reading_is_not_mistaken_for_a_bad_record(monkeypatch):
+    monkeypatch.setattr(wfdb, "rdrecord", lambda *a, **k: None.p_signal)  # AttributeError: a code bug
+    with pytest.raises(AttributeError):
+        read_leads(shared_data("wfdb", "s0010_re"))
+
+
 def test_r_peaks_match_the_cardiologists_annotations_of_a_real_record():
     record = shared_data("wfdb", "100")  # MIT-BIH 100: 30 min, 2,273 annotated beats
     x, fs = read_leads(record, leads=("MLII", "V5"))

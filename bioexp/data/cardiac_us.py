@@ -289,7 +289,7 @@ class TransitionDataset(Dataset):
             t1, t2 = (augment_appearance(t, rng, **self.augment) for t in (t1, t2))
         return {"image_t1": t1, "image_t2": t2,
                 "at1": torch.from_numpy(patient.at1[i]), "action_change": torch.from_numpy(patient.change[i]),
-                "at2": torch.from_numpy(patient.at2[i]), "patient": patient.name}
+                "at2": torch.from_numpy(patient.at2[i]), "patient": patient.name, "index": index}
 
 
 class CardiacUSDataModule(SplitDataModule):

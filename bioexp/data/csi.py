@@ -293,16 +293,16 @@ class CSIDataModule(SplitDataModule):
     """Six-zone CSI data with a seeded, stratified 70/15/15 split (by patient when a patient column exists).
 
     The patient column is ``patient_column`` when set (then it must exist), else the first of
-    :data:`PATIENT_COLUMNS` the CSV has; without one the split is per image, with a warning (images of
-    one patient may then land in both train and test). The split depends on ``split_seed`` only, so
-    ``-m seed=1,2,3`` keeps the test images.
+    :data:`PATIENT_COLUMNS` the CSV has; without one the run stops, since images of one patient would land in
+    both train and test: ``split_by=image`` opts in to that per-image split (with a WARNING). The split
+    depends on ``split_seed`` only, so ``-m seed=1,2,3`` keeps the test images.
 
     ``synthesize`` (e.g. ``{images: 600, seed: 0}``) writes a synthetic cohort at ``root`` when it
     is absent (:mod:`bioexp.data.synth.csi`), so a first run needs no data.
     """
 
     def __init__(self, root: str, labels_file: str = "labels.csv", images_dir: str = "images",
-                 patient_column: str | None = None, image_size: int = 224, normalize: str = "imagenet",
+                 patient_column: str | None = None, split_by: str = "patient", image_size: int = 224, normalize: str = "imagenet",
                  augment: dict[str, Any] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
                  split_seed: int = 0, batch_size: int = 32, num_workers: int = 4, pin_memory: bool = True,
                  cache_dir: str | None = None, decode_workers: int = 2, max_unreadable: float = 0.05,
@@ -310,6 +310,8 @@ class CSIDataModule(SplitDataModule):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise BioexpError(f"unknown data.normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if split_by not in ("patient", "image"):
+            raise BioexpError(f"data.split_by is patient or image, got {split_by!r}")
         if not 0 <= max_unreadable <= 1:
             raise BioexpError(f"data.max_unreadable is a fraction of the labelled images (0-1), got {max_unreadable}")
         self.save_hyperparameters()
@@ -385,17 +387,22 @@ class CSIDataModule(SplitDataModule):
 
     def patient_column(self, table: pd.DataFrame) -> str | None:
         """The column grouping images by patient (see the class docstring); None = per-image split."""
-        name = self.hparams.patient_column
+        hp = self.hparams
+        if hp.split_by == "image":
+            warn_fallback("CSI: data.split_by=image: splitting per image, so one patient's images may be in train "
+                          "and test")
+            return None
+        name = hp.patient_column
         if name is not None:
             if name not in table.columns:
-                raise BioexpError(f"data.patient_column={name!r} is not a column of {self.hparams.labels_file} "
+                raise BioexpError(f"data.patient_column={name!r} is not a column of {hp.labels_file} "
                                   f"(columns: {', '.join(table.columns)}); set it to the patient identifier column")
             return name
         found = next((c for c in PATIENT_COLUMNS if c in table.columns), None)
         if found is None:
-            log.warning("CSI: no patient column (%s) in %s: splitting per image, so one patient's images may be "
-                        "in train and test; set data.patient_column=<column> if the CSV has one",
-                        ", ".join(PATIENT_COLUMNS), self.hparams.labels_file)
+            raise BioexpError(f"CSI: no patient column ({', '.join(PATIENT_COLUMNS)}) in {hp.labels_file}: set "
+                              "data.patient_column=<column>, or data.split_by=image to split per image (one "
+                              "patient's images may then be in train and test)")
         return found
 
     def split_rows(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:

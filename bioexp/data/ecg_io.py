@@ -16,6 +16,13 @@ from scipy.signal import find_peaks, resample_poly
 STANDARD_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
+# What wfdb raises on a malformed record (measured on corrupted copies of a real one): HeaderSyntaxError
+# (a ValueError) for a garbled record line, IndexError for an empty or short header, KeyError for an
+# unknown sample format, ValueError for a truncated or empty signal file, UnicodeDecodeError (a
+# ValueError) for binary junk, OSError for unreadable files. Anything else is a bug and propagates.
+WFDB_ERRORS = (ValueError, LookupError, OSError)
+
+
 class RecordError(Exception):
     """A record that is missing, truncated or unreadable; datasets skip and count these."""
 
@@ -33,7 +40,7 @@ def read_leads(path: str | Path, leads: tuple[str, ...] = STANDARD_LEADS,
         header = wfdb.rdheader(path)
     except FileNotFoundError as exc:
         raise RecordError(f"{path}: header missing") from exc
-    except Exception as exc:  # wfdb raises bare ValueError/IndexError on malformed headers
+    except WFDB_ERRORS as exc:
         raise RecordError(f"{path}: unreadable header ({exc})") from exc
     names = [n.upper() for n in header.sig_name]
     missing = [lead for lead in leads if lead.upper() not in names]
@@ -44,7 +51,7 @@ def read_leads(path: str | Path, leads: tuple[str, ...] = STANDARD_LEADS,
         record = wfdb.rdrecord(path, channels=channels)
     except FileNotFoundError as exc:
         raise RecordError(f"{path}: signal file missing") from exc
-    except Exception as exc:
+    except WFDB_ERRORS as exc:
         raise RecordError(f"{path}: truncated or unreadable signal ({exc})") from exc
     signal = record.p_signal
     if signal is None or signal.shape[0] < header.sig_len:

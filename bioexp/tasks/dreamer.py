@@ -66,7 +66,7 @@ class CardiacDreamerTask(Task):
         self.net = build(net, image_size=image_size)
         for name in ("action_mean", "action_std", "change_mean", "change_std"):
             self.register_buffer(name, torch.tensor(action_stats[name], dtype=torch.float32))
-        self._test_errors: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._test_rows: list[tuple[int | None, str, torch.Tensor]] = []  # (dataset index, patient, |error|)
         self.per_patient: dict[str, dict[str, float]] = {}
 
     def configure_optimizers(self) -> Any:
@@ -124,16 +124,33 @@ class CardiacDreamerTask(Task):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         _, errors = self._step(batch, "test")
         self._log_baseline(batch, "test")
-        for patient, error in zip(batch["patient"], errors, strict=True):
-            self._test_errors[patient].append(error.cpu())
+        index = batch.get("index")
+        keys = index.tolist() if index is not None else [None] * len(errors)
+        self._test_rows.extend(zip(keys, batch["patient"], errors.cpu(), strict=True))
 
     def on_test_epoch_start(self) -> None:
-        self._test_errors.clear()
+        self._test_rows.clear()
+
+    def _gathered_test_rows(self) -> list[tuple[int | None, str, torch.Tensor]]:
+        """Every rank's test rows, each transition once: DDP's sampler pads the last shard with repeats."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self._test_rows
+        shares: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shares, self._test_rows)
+        unique: dict[Any, tuple[int | None, str, torch.Tensor]] = {}
+        for rank, share in enumerate(shares):
+            for i, row in enumerate(share):
+                unique.setdefault(row[0] if row[0] is not None else (rank, i), row)
+        return list(unique.values())
 
     def on_test_epoch_end(self) -> None:
-        """Per-axis MAE of each test patient (``per_patient``, also logged as ``test/<patient>/mae_<axis>``)."""
+        """Per-axis MAE of each test patient over all ranks (``per_patient``, also logged as
+        ``test/<patient>/mae_<axis>``)."""
+        errors: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for _, patient, error in self._gathered_test_rows():
+            errors[patient].append(error)
         self.per_patient = {}
-        for patient, rows in sorted(self._test_errors.items()):
+        for patient, rows in sorted(errors.items()):
             mae = torch.stack(rows).mean(0)
             self.per_patient[patient] = {"n": len(rows), **{axis: float(mae[i]) for i, axis in enumerate(AXES)}}
-            self.log_dict({f"test/{patient}/mae_{axis}": float(mae[i]) for i, axis in enumerate(AXES)})
+            self.log_dict({f"test/{patient}/mae_{axis}": float(mae[i]) for i, axis in enumerate(AXES)}, sync_dist=True)
