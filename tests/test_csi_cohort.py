@@ -206,7 +206,8 @@ def test_spreadsheet_file_ids_and_explicit_ungradable_scores_are_kept(tmp_path, 
 
 def test_patient_column_choice_and_per_image_split_only_when_asked(tmp_path, caplog):
     none = write_png_cohort(tmp_path / "none", patient_column=None)
-    with pytest.raises(BioexpError, match=r"no patient column \(PatientID, AdmissionID, ExamCode\).*data.split_by=image"):
+    message = r"no patient column \(PatientID, AdmissionID, ExamCode\).*data.split_by=image"
+    with pytest.raises(BioexpError, match=message):
         _module(none)
     with caplog.at_level(logging.WARNING):
         dm = _module(none, split_by="image")

@@ -29,7 +29,8 @@ def _args(study: str, root: Path, out: Path, *extra: str) -> list[str]:
     return [*study_overrides(study, root, "cpu"), "trainer=cpu", f"trainer.max_epochs={EPOCHS}", "trainer.min_epochs=0",
             f"++trainer.limit_train_batches={BATCHES}", "++trainer.limit_val_batches=2", "data.num_workers=2",
             f"callbacks.step_checkpoint.every_n_train_steps={CHECKPOINT_EVERY}", "test=false", "logger=csv",
-            "++callbacks.rich_progress_bar=null", "print_config=false", f"hydra.run.dir={out}", *SMALLER_BATCHES.get(study, []), *extra]
+            "++callbacks.rich_progress_bar=null", "print_config=false", f"hydra.run.dir={out}",
+            *SMALLER_BATCHES.get(study, []), *extra]
 
 
 def _last(run: Path) -> dict:
