@@ -53,8 +53,9 @@ STUDY_SPECS = {
     "csi": Study(
         "csi", ("data.root={root}/csi", "data.cache_dir={root}/csi-cache", "+data.synthesize.size=256",
                 "data.synthesize.images=160"),
-        ("model/backbone=custom_1", "model.backbone.widths=[4,8,8,16,16]", "data.image_size=32",
-         "data.batch_size=8"), ("data.synthesize.images=48", "data.synthesize.size=64")),
+        # three layers at 32 px: no stride-2 conv sees a 1x1 map (oneDNN's bf16 weight gradient is wrong there)
+        ("model/backbone=custom_1", "model.backbone.widths=[4,8,16]", "model.backbone.kernels=[7,5,3]",
+         "data.image_size=32", "data.batch_size=8"), ("data.synthesize.images=48", "data.synthesize.size=64")),
     "cardiac_dreamer": Study(
         "cardiac_dreamer", ("data.root={root}/cardiac", "data.synthesize.patients=8", "data.synthesize.transitions=10"),
         ("data.image_size=64", "model.net.d_model=32", "model.net.num_heads=2", "model.net.num_layers=1",

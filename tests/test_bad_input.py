@@ -215,3 +215,20 @@ def test_fallbacks_are_counted_across_worker_processes(tmp_path: Path):
     for w in workers:
         w.join()
     assert sorted(fallbacks.recorded()) == ["split at random", "window taken anywhere (2 times)"]
+
+
+def test_a_one_cycle_schedule_shorter_than_its_warm_up_is_one_clear_error():
+    """A smoke run of 4 steps under the PTB-XL benchmark's OneCycleLR (pct_start 0.25) would otherwise die in
+    torch with a bare ZeroDivisionError."""
+    from bioexp.tasks.base import Task
+
+    class _Linear(Task):
+        def __init__(self, total_steps: int) -> None:
+            super().__init__({"_target_": "torch.optim.AdamW", "lr": 0.01},
+                             {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.01,
+                              "total_steps": total_steps, "pct_start": 0.25, "interval": "step"})
+            self.layer = torch.nn.Linear(2, 1)
+
+    with pytest.raises(BioexpError, match=r"OneCycleLR's warm-up is under one step \(pct_start 0.25 x total_steps 4\)"):
+        _Linear(4).configure_optimizers()
+    assert _Linear(8).configure_optimizers()["lr_scheduler"]["scheduler"].total_steps == 8

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bioexp.callbacks.guards import FiniteLossGuard
 from bioexp.callbacks.seeding import EpochSeed
 from bioexp.errors import BioexpError, NonFiniteError
+from bioexp.gpu_check import STUDIES, prepare, study_overrides
 from bioexp.train import CONF_DIR, train
 from bioexp.utils import accel, run
 from tests.conftest import compose_cfg
@@ -178,8 +179,9 @@ class _NanAfter(L.LightningModule):
 
 
 class _CountSyncs(L.Callback):
-    """Counts host syncs (``item``, ``bool``, ``tolist``, ``float``, ``int``, ``cpu``, ``numpy``) while the
-    training step and every other callback's per-step hooks run (not Lightning's own loop code)."""
+    """Counts host syncs (``item``, ``bool``, ``tolist``, ``float``, ``int``, ``cpu``, ``numpy``, ``nonzero``,
+    boolean-mask indexing) while the training step and every other callback's per-step hooks run (not
+    Lightning's own loop code)."""
 
     METHODS = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu", "numpy")
     HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
@@ -188,11 +190,13 @@ class _CountSyncs(L.Callback):
     def __init__(self) -> None:
         self.count, self.steps, self._on = 0, 0, False
         self.per_step: list[int] = []  # the count at each step's end
+        self.epoch_ends: list[bool] = []  # whether that step was its epoch's last
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for method in self.METHODS:
+        for method in (*self.METHODS, "nonzero", "__getitem__"):
             original = getattr(torch.Tensor, method)
-            setattr(torch.Tensor, method, self._counting(original))
+            counting = self._counting_masks if method == "__getitem__" else self._counting
+            setattr(torch.Tensor, method, counting(original))
             self._restore = getattr(self, "_restore", []) + [(method, original)]
         pl_module.training_step = self._within(pl_module.training_step)
         for callback in trainer.callbacks:
@@ -207,14 +211,28 @@ class _CountSyncs(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")
 
-    def on_train_batch_end(self, *args) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         self.steps += 1
         self.per_step.append(self.count)
+        self.epoch_ends.append(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    def syncs_within_epochs(self) -> list[int]:
+        """Host syncs in each step that is not its epoch's last (where the progress bar shows the epoch)."""
+        added = [b - a for a, b in zip([0, *self.per_step], self.per_step, strict=False)]
+        return [n for n, end in zip(added, self.epoch_ends, strict=True) if not end]
 
     def _counting(self, original):
         def wrapper(tensor, *args, **kwargs):
             self.count += self._on
             return original(tensor, *args, **kwargs)
+        return wrapper
+
+    def _counting_masks(self, original):
+        """Boolean-mask indexing (``x[mask]``) and ``nonzero``: their output size is on the device."""
+        def wrapper(tensor, index, *args, **kwargs):
+            indices = index if isinstance(index, tuple) else (index,)
+            self.count += self._on and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+            return original(tensor, index, *args, **kwargs)
         return wrapper
 
     def _within(self, fn):
@@ -246,13 +264,9 @@ def test_nan_guard_zeroes_the_bad_step_on_device_and_stops_at_the_next_check(tmp
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN gradient never reached the weights
 
 
-def test_bf16_autocast_hot_path_has_no_host_sync_per_step(tmp_path: Path):
-    """A study's training step (binary VAE, bf16 autocast on CPU) plus the default per-step callbacks."""
-    cfg = compose_cfg([*BVAE_TINY, "trainer.precision=bf16-mixed",
-                       "+callbacks.finite_loss._target_=bioexp.callbacks.guards.FiniteLossGuard",
-                       "+callbacks.epoch_seed._target_=bioexp.callbacks.seeding.EpochSeed",
-                       "+callbacks.epoch_seed.seed=0",
-                       "+callbacks.syncs._target_=tests.test_gpu_accel._CountSyncs"], tmp_path)
+def _train_counting_syncs(overrides: list[str], out: Path) -> _CountSyncs:
+    """Train the composed run with a :class:`_CountSyncs` last among its callbacks; returns the counter."""
+    cfg = compose_cfg([*overrides, "+callbacks.syncs._target_=tests.test_gpu_accel._CountSyncs"], out)
     counters = []
     original = run.instantiate_group
 
@@ -264,4 +278,62 @@ def test_bf16_autocast_hot_path_has_no_host_sync_per_step(tmp_path: Path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run, "instantiate_group", keep)
         train(cfg)
-    assert counters[0].per_step == [0, 0, 0, 0] and counters[0].count == 0
+    return counters[0]
+
+
+# The study's own callbacks with the progress bar on, as on a GPU (the bar reads the logged values once an hour
+# here, and at the epoch's last step); two epochs of 4 steps.
+STUDY_CALLBACKS_ON = ["++trainer.enable_progress_bar=true", "callbacks.rich_progress_bar.metrics_interval_s=3600",
+                      "++trainer.limit_train_batches=4", "++trainer.max_steps=8"]
+
+
+def test_bf16_autocast_hot_path_has_no_host_sync_per_step(tmp_path: Path):
+    """A study's training step (binary VAE, bf16 autocast on CPU) plus its default per-step callbacks (NaN guard,
+    epoch seeds, checkpoints, early stopping, the progress bar with the patience counter): no host sync in any
+    step but the epoch's last, where the bar shows the epoch's values."""
+    base = [o for o in BVAE_TINY if o not in ("callbacks=none", "++callbacks.rich_progress_bar=null",
+                                                "++trainer.enable_progress_bar=false")]
+    counter = _train_counting_syncs([*base, "trainer.precision=bf16-mixed", *STUDY_CALLBACKS_ON], tmp_path)
+    assert counter.steps == 8 and counter.epoch_ends == [False] * 3 + [True] + [False] * 3 + [True]
+    assert counter.syncs_within_epochs() == [0] * 6
+
+
+def test_the_progress_bar_reads_the_logged_values_only_when_its_interval_has_passed(tmp_path: Path):
+    """Lightning's own bar converts each ``prog_bar`` value to a number after every step (a host sync on a GPU)."""
+    from bioexp.callbacks.progress import ProgressBar
+
+    counts = {}
+    for interval in (0.0, 3600.0):
+        counter, bar = _CountSyncs(), ProgressBar(metrics_interval_s=interval)
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_model_summary=False,
+                            enable_checkpointing=False, callbacks=[bar, counter])
+        trainer.fit(_LogsLoss(), _regression_loader())  # 8 steps per epoch
+        counts[interval] = counter.per_step
+        assert bar.get_metrics(trainer, trainer.lightning_module)["train/loss"] == pytest.approx(
+            trainer.callback_metrics["train/loss"].item())
+    assert all(b > a for a, b in zip([0, *counts[0.0]], counts[0.0], strict=False))  # a read after every step
+    assert counts[3600.0] == [0] * 7 + [1] + [1] * 7 + [2]  # only at each epoch's last step
+
+
+class _LogsLoss(_NanAfter):
+    def __init__(self) -> None:
+        super().__init__(bad_step=-1)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_studys_hot_path_has_no_host_sync_per_step(tmp_path: Path, study: str):
+    """Each study's training step and its own callbacks (tiny nets of ``gpu_check --device cpu``), bf16 autocast."""
+    root = tmp_path.resolve()
+    assert prepare([study], root, "cpu") == ""
+    overrides = [*study_overrides(study, root, "cpu"), "trainer=cpu", "trainer.precision=bf16-mixed",
+                 "trainer.min_epochs=0", "++trainer.limit_val_batches=1", "test=false", "optimized_metric=null",
+                 "print_config=false", "logger=csv", "data.num_workers=0", *STUDY_CALLBACKS_ON,
+                 *(["data.batch_size=4"] if study == "vitaldb_msm" else [])]  # else one batch per epoch
+    counter = _train_counting_syncs(overrides, root / "run")
+    assert counter.steps == 8 and counter.syncs_within_epochs() == [0] * 6

@@ -76,6 +76,8 @@ class Task(L.LightningModule):
         monitor = config.pop("monitor", None)  # ReduceLROnPlateau steps on a logged metric
         if config.get("total_steps") == "auto":
             config["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if str(config.get("_target_", "")).endswith("OneCycleLR"):
+            _check_one_cycle(config)
         scheduler = build(config, optimizer=optimizer)
         lr_scheduler = {"scheduler": scheduler, "interval": interval}
         if monitor is not None:
@@ -134,3 +136,13 @@ def task_class(path: str) -> type[Task]:
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"{path} is not a bioexp Task")
     return cls
+
+
+def _check_one_cycle(config: dict[str, Any]) -> None:
+    """OneCycleLR divides by its warm-up length (``pct_start * total_steps - 1`` steps) and fails with a bare
+    ZeroDivisionError when that is not positive, e.g. in a smoke run of a few steps."""
+    total, pct_start = int(config["total_steps"]), float(config.get("pct_start", 0.3))
+    if pct_start * total <= 1:
+        raise BioexpError(f"OneCycleLR's warm-up is under one step (pct_start {pct_start:g} x total_steps {total}); "
+                          "train for more steps (trainer.max_steps, trainer.max_epochs, trainer.limit_train_batches) "
+                          "or raise model.scheduler.pct_start")

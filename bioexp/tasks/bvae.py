@@ -215,11 +215,16 @@ class BinaryVAE(Task):
     # -- Lightning --------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self._losses(batch[0])
-        values.update(beta=torch.tensor(self.beta), temperature=torch.tensor(self.temperature))
         for name, value in values.items():
             self.log(f"train/{name}", value, on_step=name == "loss", on_epoch=True, batch_size=len(batch[0]),
-                     prog_bar=name in ("loss", "kl", "beta"))
+                     prog_bar=name in ("loss", "kl"))
         return values["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        # The schedules once per epoch, not per step: a Python number logged in a step is copied to the GPU
+        # each time. beta is constant within an epoch; temperature is its value after the epoch's last step.
+        self.log("train/beta", self.beta, prog_bar=True)
+        self.log("train/temperature", self.temperature)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # Fixed samples per batch, so val/loss (early stopping, checkpointing) is not noisy between epochs.

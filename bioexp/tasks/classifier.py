@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch.nn import functional as F
 from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
@@ -39,7 +39,6 @@ class MultiLabelClassifier(Task):
             raise ValueError(f"unknown window_aggregate {window_aggregate!r}; choose {' or '.join(AGGREGATIONS)}")
         self.save_hyperparameters()
         self.net = build(net)
-        self.criterion = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({
             "auroc": MultilabelAUROC(num_classes, average="macro"),
             "auprc": MultilabelAveragePrecision(num_classes, average="macro"),
@@ -66,10 +65,14 @@ class MultiLabelClassifier(Task):
         else:
             logits, target = self(x), y
             probs = torch.sigmoid(logits.float())
-        # a batch of unlabelled records only: zero loss that keeps the graph (BCE of nothing is NaN)
-        loss = self.criterion(logits[labelled], target[labelled]) if labelled.any() else logits.sum() * 0.0
+        # The mean BCE of the labelled records, without a host sync (no boolean indexing, no branch on the data);
+        # a batch of unlabelled records only gives a zero loss that keeps the graph.
+        per_record = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+        per_record = torch.where(labelled, per_record.flatten(1).mean(1), 0.0)
+        n_labelled = labelled.sum()
+        loss = per_record.sum() / n_labelled.clamp(min=1)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=max(1, int(labelled.sum())), sync_dist=stage != "train")
+                 batch_size=n_labelled.clamp(min=1), sync_dist=stage != "train")
         return loss, probs, labelled
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
