@@ -217,7 +217,7 @@ def test_fallbacks_are_counted_across_worker_processes(tmp_path: Path):
     assert sorted(fallbacks.recorded()) == ["split at random", "window taken anywhere (2 times)"]
 
 
-def test_a_one_cycle_schedule_shorter_than_its_warm_up_is_one_clear_error():
+def test_a_one_cycle_schedule_shorter_than_its_warm_up_is_one_clear_error(caplog: pytest.LogCaptureFixture):
     """A smoke run of 4 steps under the PTB-XL benchmark's OneCycleLR (pct_start 0.25) would otherwise die in
     torch with a bare ZeroDivisionError."""
     from bioexp.tasks.base import Task
@@ -229,6 +229,9 @@ def test_a_one_cycle_schedule_shorter_than_its_warm_up_is_one_clear_error():
                               "total_steps": total_steps, "pct_start": 0.25, "interval": "step"})
             self.layer = torch.nn.Linear(2, 1)
 
-    with pytest.raises(BioexpError, match=r"OneCycleLR's warm-up is under one step \(pct_start 0.25 x total_steps 4\)"):
+    with pytest.raises(BioexpError, match=r"cannot run a warm-up of one step \(pct_start 0.25 x total_steps 4"):
         _Linear(4).configure_optimizers()
+    with caplog.at_level(logging.WARNING, logger="bioexp.tasks.base"):
+        assert _Linear(3).configure_optimizers()["lr_scheduler"]["scheduler"].total_steps == 3  # torch runs it
+    assert "warm-up under one step (pct_start 0.25 x total_steps 3)" in caplog.text
     assert _Linear(8).configure_optimizers()["lr_scheduler"]["scheduler"].total_steps == 8

@@ -139,10 +139,14 @@ def task_class(path: str) -> type[Task]:
 
 
 def _check_one_cycle(config: dict[str, Any]) -> None:
-    """OneCycleLR divides by its warm-up length (``pct_start * total_steps - 1`` steps) and fails with a bare
-    ZeroDivisionError when that is not positive, e.g. in a smoke run of a few steps."""
+    """OneCycleLR's warm-up ends at step ``pct_start * total_steps - 1``: at exactly 0 torch divides by zero
+    (a bare ZeroDivisionError, e.g. a 4-step smoke run at pct_start 0.25); below 0 there is no warm-up."""
     total, pct_start = int(config["total_steps"]), float(config.get("pct_start", 0.3))
-    if pct_start * total <= 1:
-        raise BioexpError(f"OneCycleLR's warm-up is under one step (pct_start {pct_start:g} x total_steps {total}); "
-                          "train for more steps (trainer.max_steps, trainer.max_epochs, trainer.limit_train_batches) "
-                          "or raise model.scheduler.pct_start")
+    warmup_end = float(pct_start * total) - 1
+    what = f"pct_start {pct_start:g} x total_steps {total}"
+    if warmup_end == 0:
+        raise BioexpError(f"OneCycleLR cannot run a warm-up of one step ({what} = 1); train for more steps "
+                          "(trainer.max_steps, trainer.max_epochs, trainer.limit_train_batches) or change "
+                          "model.scheduler.pct_start")
+    if warmup_end < 0:
+        log.warning("OneCycleLR: warm-up under one step (%s): the learning rate starts at its peak", what)
