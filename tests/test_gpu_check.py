@@ -127,3 +127,18 @@ def test_dry_run_compiles_the_nets_on_cpu(tmp_path, capsys):
     assert capsys.readouterr().out.count("PASS") == 1
     log = next((tmp_path / "cpu" / "runs" / "ptbxl_xresnet1d50-bf16-compile").glob("*.log")).read_text()
     assert "torch.compile: net" in log
+
+
+def test_the_offline_wheels_are_the_versions_the_tests_run_with():
+    """``make gpu-wheels`` pins: each is what pyproject.toml pins, or else what this environment has installed
+    (a dependency of a dependency), so the GPU machine runs the code the CPU tests ran."""
+    import importlib.metadata as md
+    import tomllib
+
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    pins = dict(item.split("==") for item in re.search(r"^OFFLINE_WHEELS := (.*)$", makefile, re.M).group(1).split())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = dict(dep.split("#")[0].strip().split("==") for dep in project)
+    assert {"hydra-core", "wfdb", "vitaldb", "pydicom", "granite-tsfm", "transformers"} <= pins.keys()
+    for name, version in pins.items():
+        assert version == pinned.get(name, md.version(name)), name
