@@ -17,7 +17,7 @@ install: $(STAMP)
 $(SYNTH)/ptbxl_database.csv: | $(STAMP)
 	$(PY) -m bioexp.data.synth ptbxl --out $(SYNTH) --records 2000
 
-# A short supervised run on the synthetic PTB-XL, on CPU: ~7 minutes on 2 cores, synthesis included.
+# A short supervised run on the synthetic PTB-XL, on CPU, synthesis included: 2.5 min on 2 idle cores, ~7 when busy.
 demo: $(STAMP) $(SYNTH)/ptbxl_database.csv
 	$(PY) -m bioexp.train experiment=ptbxl_xresnet1d50 trainer=cpu trainer.max_epochs=6 \
 		data.root=$(SYNTH) task_name=demo
