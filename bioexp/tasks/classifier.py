@@ -67,7 +67,7 @@ class MultiLabelClassifier(Task):
             probs = torch.sigmoid(logits.float())
         # The mean BCE of the labelled records, without a host sync (no boolean indexing, no branch on the data);
         # a batch of unlabelled records only gives a zero loss that keeps the graph.
-        per_record = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+        per_record = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
         per_record = torch.where(labelled, per_record.flatten(1).mean(1), 0.0)
         n_labelled = labelled.sum()
         loss = per_record.sum() / n_labelled.clamp(min=1)
