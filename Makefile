@@ -40,13 +40,13 @@ gpu-check: $(STAMP)
 	@$(PY) -m bioexp.gpu_check $(GPU_CHECK_ARGS)
 
 # A GPU machine with its own PyTorch/Lightning and no network (the lent H200: Python 3.12; docs/gpu.md):
-# `make gpu-wheels` here puts what bioexp needs beyond that machine's packages into .whl/ (about 30 MB);
+# `make gpu-wheels` here puts what bioexp needs beyond that machine's packages into .whl/ (about 33 MB);
 # carry .whl there and run `make gpu-check-offline`, which installs them under /tmp and needs no venv.
 OFFLINE_PY ?= 3.12
-OFFLINE_PLATFORMS := manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
-	manylinux1_x86_64
-OFFLINE_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 hydra-optuna-sweeper==1.3.0 wfdb==4.3.1 soundfile==0.14.0 cffi==2.1.1 vitaldb==1.7.2 \
-	pydicom==3.0.2 pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 \
+OFFLINE_PLATFORMS := manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+OFFLINE_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 hydra-optuna-sweeper==1.3.0 wfdb==4.3.1 soundfile==0.14.0 \
+	cffi==2.1.1 vitaldb==1.7.2 pydicom==3.0.2 pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 \
 	nibabel==5.4.2 platformdirs==4.14.9 pytz==2026.6 granite-tsfm==0.3.2 datasets==5.0.1 dill==0.4.1 \
 	multiprocess==0.70.19 transformers==4.56.0 tokenizers==0.22.2 huggingface_hub==0.36.2
 

@@ -183,7 +183,7 @@ class _CountSyncs(L.Callback):
     boolean-mask indexing) while the training step and every other callback's per-step hooks run (not
     Lightning's own loop code)."""
 
-    METHODS = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu", "numpy")
+    METHODS = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu", "numpy", "nonzero")
     HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
              "on_train_batch_end")
 
@@ -193,7 +193,7 @@ class _CountSyncs(L.Callback):
         self.epoch_ends: list[bool] = []  # whether that step was its epoch's last
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for method in (*self.METHODS, "nonzero", "__getitem__"):
+        for method in (*self.METHODS, "__getitem__"):
             original = getattr(torch.Tensor, method)
             counting = self._counting_masks if method == "__getitem__" else self._counting
             setattr(torch.Tensor, method, counting(original))
@@ -228,7 +228,7 @@ class _CountSyncs(L.Callback):
         return wrapper
 
     def _counting_masks(self, original):
-        """Boolean-mask indexing (``x[mask]``) and ``nonzero``: their output size is on the device."""
+        """Boolean-mask indexing (``x[mask]``): like ``nonzero``, its output size is known only on the device."""
         def wrapper(tensor, index, *args, **kwargs):
             indices = index if isinstance(index, tuple) else (index,)
             self.count += self._on and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
